@@ -1,0 +1,22 @@
+"""minilora: learn Low-Rank Adaptation by building it.
+
+Read the package in the order of its data flow; each layer uses only the ones
+before it:
+
+    backend -> tensor -> functional -> nn -> optim -> model -> lora
+"""
+from minilora import backend, functional, nn, optim
+from minilora.backend import get_array_module, set_device, to_numpy
+from minilora.tensor import (
+    Tensor,
+    concatenate,
+    count_backward_work,
+    manual_seed,
+    no_grad,
+    split,
+    stack,
+    tensor,
+    where,
+)
+
+__version__ = "0.1.0"

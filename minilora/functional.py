@@ -1,0 +1,202 @@
+"""Neural-network functions with hand-written (fused) backward rules.
+
+Each of these could be built from the primitives in tensor.py, and the tests
+check that they equal that composition. Writing the forward and backward maths
+out in one place is faster and uses less memory: one closure instead of a chain
+of ten small ones, each holding its own temporary arrays.
+"""
+from __future__ import annotations
+
+import math
+
+from minilora import backend
+from minilora.tensor import Tensor, op_result
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x @ W^T + b, with W of shape (out, in) as in PyTorch.
+
+    x may have any leading dimensions (batch, time, ...). They are folded into
+    one, so both the forward product and the weight gradient are a single
+    large matrix product rather than a loop of small ones.
+    """
+    in_features = weight.shape[1]
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the weight "
+            f"{weight.shape} expects {in_features}; the last dimension of the input must "
+            "equal the layer's in_features."
+        )
+    lead = x.shape[:-1]
+    x2 = x.data.reshape(-1, in_features)                 # [N, in]
+    y2 = x2 @ weight.data.T                              # [N, in] @ [in, out] -> [N, out]
+    if bias is not None:
+        y2 = y2 + bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def _backward(out):
+        g2 = out.grad.reshape(-1, weight.shape[0])       # [N, out]
+        if x.requires_grad:                              # dx = g W      [N, out] @ [out, in]
+            x._add_grad((g2 @ weight.data).reshape(x.shape))
+        if weight.requires_grad:                         # dW = g^T x    [out, N] @ [N, in]
+            weight._add_grad(g2.T @ x2)
+        if bias is not None and bias.requires_grad:      # db = sum of g over all rows
+            bias._add_grad(g2.sum(axis=0))
+
+    return op_result(y2.reshape(*lead, weight.shape[0]), parents, _backward, "linear")
+
+
+def embedding(weight: Tensor, ids) -> Tensor:
+    """Rows of `weight` picked by integer `ids`: (...,) ints -> (..., dim).
+
+    The gradient adds each output row back into the row it came from; a token
+    that appears twice gets both contributions (scatter-add).
+    """
+    ids = ids.data if isinstance(ids, Tensor) else backend.xp.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    num = weight.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num):
+        bad = int(ids.max()) if int(ids.max()) >= num else int(ids.min())
+        raise IndexError(f"embedding: id {bad} is outside the table of {num} rows "
+                         f"(valid ids are 0..{num - 1}); check the tokenizer's vocab_size.")
+    out_data = weight.data[ids]                          # [...] -> [..., dim]
+
+    def _backward(out):
+        xp = backend.get_array_module(out.grad)
+        g = xp.zeros_like(weight.data)
+        backend.scatter_add(g, ids.reshape(-1), out.grad.reshape(-1, weight.shape[1]))
+        weight._add_grad(g)
+
+    return op_result(out_data, (weight,), _backward, "embedding")
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along `axis`, shifted by the max so exp cannot overflow."""
+    xp = backend.get_array_module(x.data)
+    e = xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    y = e / e.sum(axis=axis, keepdims=True)
+
+    def _backward(out):
+        # Jacobian-vector product of softmax: dx = y * (g - sum(g * y))
+        g = out.grad
+        x._add_grad(y * (g - (g * y).sum(axis=axis, keepdims=True)))
+
+    return op_result(y, (x,), _backward, "softmax")
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """x - log(sum(exp(x))) along `axis`, computed stably."""
+    xp = backend.get_array_module(x.data)
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def _backward(out):
+        # dx = g - softmax(x) * sum(g)
+        g = out.grad
+        x._add_grad(g - xp.exp(y) * g.sum(axis=axis, keepdims=True))
+
+    return op_result(y, (x,), _backward, "log_softmax")
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
+    """Mean negative log-likelihood of integer `targets` under softmax(`logits`).
+
+    logits (..., C) float, targets (...) int; positions whose target equals
+    `ignore_index` do not count (PyTorch's convention, default -100).
+    The gradient is the classic (softmax - one_hot) / N.
+    """
+    xp = backend.get_array_module(logits.data)
+    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    num_classes = logits.shape[-1]
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets have shape {tuple(targets.shape)} but logits "
+                         f"{logits.shape} need targets of shape {logits.shape[:-1]} "
+                         "(one class index per row of logits).")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integer class indices, got {targets.dtype}")
+    x = logits.data.reshape(-1, num_classes)             # [N, C]
+    t = targets.reshape(-1)                              # [N]
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= num_classes))
+    if bool(bad.any()):
+        value = int(t[bad][0])
+        raise IndexError(f"cross_entropy: target {value} is outside the {num_classes} classes "
+                         f"(valid targets are 0..{num_classes - 1}, or ignore_index={ignore_index}).")
+    count = int(valid.sum())
+    if count == 0:
+        raise ValueError(f"cross_entropy: every target equals ignore_index={ignore_index}, "
+                         "so there is nothing to average; check the batch's targets.")
+    t_safe = xp.where(valid, t, 0)
+    rows = xp.arange(x.shape[0])
+    shifted = x - x.max(axis=1, keepdims=True)           # stable for large logits
+    log_z = xp.log(xp.exp(shifted).sum(axis=1))          # [N]
+    nll = log_z - shifted[rows, t_safe]                  # -log p(target)
+    loss = (nll * valid).sum() / count
+
+    def _backward(out):
+        probs = xp.exp(shifted - log_z[:, None])         # softmax, [N, C]
+        probs[rows, t_safe] -= 1                          # softmax - one_hot
+        probs *= (valid * (out.grad / count))[:, None].astype(probs.dtype)
+        logits._add_grad(probs.reshape(logits.shape))
+
+    return op_result(xp.asarray(loss, dtype=x.dtype), (logits,), _backward, "cross_entropy")
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU with GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    xp = backend.get_array_module(x.data)
+    a = x.data
+    t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
+    y = 0.5 * a * (1 + t)
+
+    def _backward(out):
+        # product rule: d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
+        du = _GELU_C * (1 + 3 * 0.044715 * a * a)
+        x._add_grad(out.grad * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * du))
+
+    return op_result(y, (x,), _backward, "gelu")
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Normalise the last axis to mean 0, variance 1 (biased variance), then scale and shift."""
+    xp = backend.get_array_module(x.data)
+    mu = x.data.mean(axis=-1, keepdims=True)
+    xc = x.data - mu
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xhat = xc * rstd                                      # [..., D], mean 0, variance 1
+    y = xhat if weight is None else xhat * weight.data
+    if bias is not None:
+        y = y + bias.data
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+
+    def _backward(out):
+        g = out.grad
+        lead = tuple(range(g.ndim - 1))
+        if weight is not None and weight.requires_grad:
+            weight._add_grad((g * xhat).sum(axis=lead))
+        if bias is not None and bias.requires_grad:
+            bias._add_grad(g.sum(axis=lead))
+        if x.requires_grad:
+            # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+            dxhat = g if weight is None else g * weight.data
+            x._add_grad(rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                                - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)))
+
+    return op_result(y, parents, _backward, "layer_norm")
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
+
+    At evaluation time (training=False) or with p=0 it is the identity.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p={p} must be in [0, 1)")
+    if not training or p == 0.0:
+        return x
+    keep = backend.random_uniform(x.shape) >= p
+    return x * (keep.astype(x.dtype) / (1.0 - p))
