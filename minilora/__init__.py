@@ -19,4 +19,6 @@ from minilora.tensor import (
     where,
 )
 
+from minilora.model import GPT, GPTConfig, load_gpt2, module_shapes
+
 __version__ = "0.1.0"

@@ -94,11 +94,30 @@ def scatter_add(target, indices, values) -> None:
     which is wrong for an embedding row used twice in a batch.
     """
     if get_array_module(target) is np:
-        np.add.at(target, indices, values)
+        if _is_row_index(indices, target, values):
+            _add_rows(target, indices, values)
+        else:
+            np.add.at(target, indices, values)
     else:
         import cupyx  # shipped with CuPy; only reached when a CuPy array is passed
 
         cupyx.scatter_add(target, indices, values)
+
+
+def _is_row_index(indices, target, values) -> bool:
+    return (isinstance(indices, np.ndarray) and indices.ndim == 1 and indices.dtype.kind in "iu"
+            and target.ndim == 2 and values.shape == (indices.size, target.shape[1]))
+
+
+def _add_rows(target, rows, values) -> None:
+    """target[rows[i]] += values[i], by sorting: equal rows become neighbours, and each
+    run of neighbours is summed at once (much faster than np.add.at for embeddings)."""
+    if rows.size == 0:
+        return
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+    target[sorted_rows[starts]] += np.add.reduceat(values[order], starts, axis=0)
 
 
 def manual_seed(seed: int) -> None:

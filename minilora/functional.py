@@ -143,6 +143,61 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     return op_result(xp.asarray(loss, dtype=x.dtype), (logits,), _backward, "cross_entropy")
 
 
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
+                     training: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(D), future masked) v, for q, k, v of shape (B, H, T, D).
+
+    The composition (matmul, scale, masked_fill, softmax, matmul) would keep five
+    (B, H, T, T) arrays alive for backward; this keeps one, the attention
+    weights P, and writes the chain rule for the whole block out below.
+    """
+    xp = backend.get_array_module(q.data)
+    B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D)
+    s = q.data @ xp.swapaxes(k.data, -1, -2)            # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    s *= scale
+    s += _future_bias(T, s.dtype, xp)                   # -inf above the diagonal: no peeking ahead
+    s -= s.max(axis=-1, keepdims=True)
+    p = xp.exp(s, out=s)
+    p /= p.sum(axis=-1, keepdims=True)                  # P: each row sums to 1
+    if training and dropout_p > 0.0:
+        keep = (backend.random_uniform(p.shape) >= dropout_p).astype(p.dtype) / (1.0 - dropout_p)
+    else:
+        keep = None
+    p_used = p if keep is None else p * keep
+    y = p_used @ v.data                                 # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+
+    def _backward(out):
+        g = out.grad                                    # [B, H, T, D]
+        if v.requires_grad:                             # dV = P^T g
+            v._add_grad(xp.swapaxes(p_used, -1, -2) @ g)
+        if not (q.requires_grad or k.requires_grad):
+            return
+        dp = g @ xp.swapaxes(v.data, -1, -2)            # dP = g V^T, [B, H, T, T]
+        if keep is not None:
+            dp *= keep
+        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))   # softmax backward
+        ds *= scale
+        if q.requires_grad:                             # dQ = dS K
+            q._add_grad(ds @ k.data)
+        if k.requires_grad:                             # dK = dS^T Q
+            k._add_grad(xp.swapaxes(ds, -1, -2) @ q.data)
+
+    return op_result(y, (q, k, v), _backward, "causal_attention")
+
+
+_bias_cache: dict = {}
+
+
+def _future_bias(T: int, dtype, xp):
+    """(T, T): 0 on and below the diagonal, -inf above it (the future)."""
+    key = (T, xp.dtype(dtype).str, xp.__name__)
+    if key not in _bias_cache:
+        mask = xp.triu(xp.ones((T, T), dtype=bool), k=1)
+        _bias_cache[key] = xp.where(mask, -xp.inf, 0.0).astype(dtype)
+    return _bias_cache[key]
+
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
@@ -150,13 +205,27 @@ def gelu(x: Tensor) -> Tensor:
     """GELU with GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     xp = backend.get_array_module(x.data)
     a = x.data
-    t = xp.tanh(_GELU_C * (a + 0.044715 * a * a * a))
-    y = 0.5 * a * (1 + t)
+    a2 = a * a
+    t = a2 * 0.044715                                   # in-place steps: fewer temporary arrays
+    t += 1.0
+    t *= a
+    t *= _GELU_C
+    xp.tanh(t, out=t)                                   # t = tanh(u), u = c (x + 0.044715 x^3)
+    y = t + 1.0
+    y *= a
+    y *= 0.5
 
     def _backward(out):
-        # product rule: d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
-        du = _GELU_C * (1 + 3 * 0.044715 * a * a)
-        x._add_grad(out.grad * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * du))
+        # product rule: d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,
+        # with du/dx = c (1 + 3 * 0.044715 x^2)
+        du = a2 * (3 * 0.044715 * _GELU_C)
+        du += _GELU_C
+        du *= 1.0 - t * t
+        du *= a
+        du += 1.0 + t
+        du *= 0.5
+        du *= out.grad
+        x._add_grad(du)
 
     return op_result(y, (x,), _backward, "gelu")
 

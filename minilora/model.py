@@ -1,0 +1,315 @@
+"""A GPT-2 style Transformer, in reading order: config, attention, MLP, Block, GPT.
+
+It is GPT-2 exactly (pre-LayerNorm blocks, learned positions, tanh GELU,
+causal attention scaled by 1/sqrt(head_dim), an output head tied to the token
+embedding) with one change made for LoRA: the query, key, value and output
+projections are four separate Linears (the paper's Wq, Wk, Wv, Wo) instead of
+GPT-2's fused `c_attn`, so each can be adapted on its own. `load_gpt2` splits a
+Hugging Face checkpoint into that layout.
+
+Shapes: B batch, T time (tokens), C = n_embd, H = n_head, D = C / H.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minilora import backend
+from minilora import functional as F
+from minilora import nn
+from minilora.tensor import Tensor, no_grad
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int          # the longest sequence the model accepts (learned positions)
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = True        # biases in Linears and LayerNorms, as GPT-2
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"GPTConfig: {name}={value!r} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by "
+                             f"n_head={self.n_head} (each head gets n_embd / n_head dimensions)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout={self.dropout} must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    """Every position attends to itself and the positions before it, in n_head heads."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C, bias = config.n_embd, config.bias
+        self.n_head = config.n_head
+        self.q_proj = nn.Linear(C, C, bias=bias)   # W_q
+        self.k_proj = nn.Linear(C, C, bias=bias)   # W_k
+        self.v_proj = nn.Linear(C, C, bias=bias)   # W_v
+        self.o_proj = nn.Linear(C, C, bias=bias)   # W_o
+        self.attn_dropout = nn.Dropout(config.dropout)      # on the attention weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+
+        def heads(t):                                        # [B, T, C] -> [B, H, T, D]
+            return t.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+
+        q = heads(self.q_proj(x))                            # [B, H, T, D]
+        k = heads(self.k_proj(x))                            # [B, H, T, D]
+        v = heads(self.v_proj(x))                            # [B, H, T, D]
+        # Attention: scores q.k / sqrt(D) [B, H, T, T], the future masked out,
+        # softmax over the keys, then a weighted sum of the values -> [B, H, T, D].
+        # functional.causal_attention writes out that maths and its backward rule.
+        y = F.causal_attention(q, k, v, self.attn_dropout.p, self.training)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)         # heads side by side again: [B, T, C]
+        return self.resid_dropout(self.o_proj(y))            # [B, T, C]
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: widen 4x, GELU, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
+
+
+class Block(nn.Module):
+    """A Transformer block: attention then MLP, each on a LayerNorm-ed copy, each added back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    """Token and position embeddings, n_layer Blocks, a final LayerNorm, and a tied output head."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output head reuses the token embedding (one Parameter, two uses).
+        self.lm_head.weight = self.transformer.wte.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02), zero biases, and the projections that
+        write into the residual stream scaled down by sqrt(2 * n_layer) so the
+        stream's variance does not grow with depth."""
+        rng = backend.rng()
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data = backend.xp.zeros_like(p.data)
+            elif name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.data = backend.xp.ones_like(p.data)
+            else:
+                std = residual_std if name.endswith(("o_proj.weight", "mlp.proj.weight")) else 0.02
+                p.data = backend.xp.asarray(rng.normal(0.0, std, size=p.shape).astype(np.float32))
+
+    def forward(self, idx) -> Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+        idx = _check_ids(idx, self.config)
+        B, T = idx.shape
+        positions = backend.xp.arange(T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)   # [B, T, C] + [T, C]
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)                                     # [B, T, C]
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)                               # [B, T, C] -> [B, T, vocab]
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Extend each row of idx (B, T) by max_new_tokens tokens.
+
+        temperature 0 picks the most likely token (greedy); above 0 it samples
+        from softmax(logits / temperature), optionally from the top_k only.
+        Returns a NumPy array (B, T + max_new_tokens).
+        """
+        if temperature < 0:
+            raise ValueError(f"generate: temperature={temperature} must be >= 0 (0 means greedy)")
+        rng = np.random.default_rng(seed) if seed is not None else backend.rng()
+        idx = backend.to_numpy(_check_ids(idx, self.config))
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                for _ in range(max_new_tokens):
+                    context = idx[:, -self.config.block_size:]
+                    logits = backend.to_numpy(self(context).data[:, -1, :]).astype(np.float64)
+                    if temperature == 0:
+                        nxt = logits.argmax(axis=-1)
+                    else:
+                        logits = logits / temperature
+                        if top_k is not None:
+                            cut = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]
+                            logits = np.where(logits < cut, -np.inf, logits)
+                        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+                        p /= p.sum(axis=-1, keepdims=True)
+                        nxt = np.array([rng.choice(len(row), p=row) for row in p])
+                    idx = np.concatenate([idx, nxt[:, None]], axis=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+
+def _check_ids(idx, config: GPTConfig):
+    """Validate token ids: 2-D integers, within the vocabulary and the context length."""
+    idx = idx.data if isinstance(idx, Tensor) else idx
+    idx = backend.xp.asarray(idx) if backend.get_array_module(idx) is np else idx
+    if idx.ndim != 2 or idx.dtype.kind not in "iu":
+        raise ValueError(f"GPT expects token ids of shape (batch, time) and integer dtype, "
+                         f"got shape {tuple(idx.shape)} and dtype {idx.dtype}; "
+                         "for one sequence use ids[None, :].")
+    if idx.shape[1] > config.block_size:
+        raise ValueError(f"GPT: sequence of {idx.shape[1]} tokens is longer than block_size="
+                         f"{config.block_size}; crop it to the last {config.block_size} tokens "
+                         "or build the model with a larger block_size.")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= config.vocab_size):
+        bad = int(idx.max()) if int(idx.max()) >= config.vocab_size else int(idx.min())
+        raise ValueError(f"GPT: token id {bad} is outside the vocabulary of {config.vocab_size} "
+                         f"(valid ids are 0..{config.vocab_size - 1}); check the tokenizer.")
+    return idx
+
+
+def module_shapes(config: GPTConfig) -> dict[str, tuple[str, int, int]]:
+    """Every Linear and Embedding of GPT(config), by name, without building it.
+
+    Linear: ("linear", in_features, out_features); Embedding: ("embedding",
+    num_embeddings, embedding_dim). Enough to count LoRA parameters for a
+    model far too large to build, such as GPT-3.
+    """
+    C = config.n_embd
+    shapes = {"transformer.wte": ("embedding", config.vocab_size, C),
+              "transformer.wpe": ("embedding", config.block_size, C)}
+    for i in range(config.n_layer):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"transformer.h.{i}.attn.{proj}"] = ("linear", C, C)
+        shapes[f"transformer.h.{i}.mlp.fc"] = ("linear", C, 4 * C)
+        shapes[f"transformer.h.{i}.mlp.proj"] = ("linear", 4 * C, C)
+    shapes["lm_head"] = ("linear", C, config.vocab_size)
+    return shapes
+
+
+# --------------------------------------------------------------------------
+# Loading a Hugging Face GPT-2 checkpoint
+# --------------------------------------------------------------------------
+_HF_BUFFERS = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers some checkpoints carry
+
+
+def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
+    """Build a GPT from a Hugging Face GPT-2 checkpoint.
+
+    Accepts a directory with config.json and model.safetensors, a .safetensors
+    file (config.json beside it, or pass n_head), or a dict of arrays (pass
+    n_head). GPT-2 fuses q, k, v into one Conv1D `c_attn` whose weight is
+    stored (in, out), the transpose of a Linear's; both are undone here.
+    """
+    hf_config = {}
+    if isinstance(path_or_state_dict, dict):
+        state = {k: backend.to_numpy(v.data if isinstance(v, Tensor) else v)
+                 for k, v in path_or_state_dict.items()}
+    else:
+        from safetensors.numpy import load_file
+
+        path = Path(path_or_state_dict)
+        weights = path / "model.safetensors" if path.is_dir() else path
+        config_path = (path if path.is_dir() else path.parent) / "config.json"
+        if not weights.exists():
+            raise FileNotFoundError(f"load_gpt2: no weights at {weights}; expected a directory with "
+                                    "model.safetensors and config.json, or a .safetensors file")
+        state = load_file(str(weights))
+        if config_path.exists():
+            hf_config = json.loads(config_path.read_text())
+
+    state = {k.removeprefix("transformer."): v for k, v in state.items()
+             if not k.endswith(_HF_BUFFERS)}
+    if "wte.weight" not in state or "wpe.weight" not in state:
+        raise KeyError(f"load_gpt2: not a GPT-2 checkpoint: no wte.weight / wpe.weight among "
+                       f"its keys {sorted(state)[:8]}...")
+    n_head = n_head or hf_config.get("n_head")
+    if n_head is None:
+        raise ValueError("load_gpt2: the number of heads cannot be read from weight shapes; "
+                         "put config.json beside the weights or pass n_head=...")
+    if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"load_gpt2: activation {hf_config['activation_function']!r} is not "
+                         "GPT-2's tanh GELU, which is the only one minilora implements")
+    vocab_size, C = state["wte.weight"].shape
+    n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")})
+    config = GPTConfig(vocab_size=vocab_size, block_size=state["wpe.weight"].shape[0],
+                       n_layer=n_layer, n_head=n_head, n_embd=C, bias="ln_f.bias" in state)
+
+    ours = {"transformer.wte.weight": state.pop("wte.weight"),
+            "transformer.wpe.weight": state.pop("wpe.weight")}
+    tied = state.pop("lm_head.weight", None)
+    if tied is not None and not np.array_equal(tied, ours["transformer.wte.weight"]):
+        raise ValueError("load_gpt2: lm_head.weight differs from wte.weight, but minilora's GPT ties them")
+    renames = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.c_proj": "attn.o_proj",
+               "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+    for key in sorted(state):
+        if key.startswith("ln_f."):
+            ours["transformer." + key] = state[key]
+            continue
+        if not key.startswith("h."):
+            ours[key] = state[key]                           # unknown: reported below
+            continue
+        _, i, rest = key.split(".", 2)
+        module, param = rest.rsplit(".", 1)
+        prefix = f"transformer.h.{i}."
+        value = state[key]
+        if module == "attn.c_attn":                          # fused q, k, v: split the out axis
+            pieces = np.split(value, 3, axis=-1)             # weight [C, 3C] or bias [3C]
+            for name, piece in zip(("q_proj", "k_proj", "v_proj"), pieces):
+                ours[f"{prefix}attn.{name}.{param}"] = piece.T if param == "weight" else piece
+        elif module in renames:
+            is_conv_weight = param == "weight" and not module.startswith("ln")
+            ours[f"{prefix}{renames[module]}.{param}"] = value.T if is_conv_weight else value
+        else:
+            ours[prefix + rest] = value                      # unknown: reported below
+
+    model = GPT(config)
+    expected = set(dict(model.named_parameters()))
+    unknown = sorted(set(ours) - expected)
+    missing = sorted(expected - set(ours))
+    if unknown or missing:
+        raise KeyError(f"load_gpt2: checkpoint does not match GPT-2's layout: unknown keys "
+                       f"{unknown}, missing keys {missing}")
+    model.load_state_dict({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in ours.items()})
+    return model
