@@ -42,13 +42,21 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before "
                                  f"assigning attributes (assigning {name!r})")
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
+        # Replacing an entry of the same kind keeps its place in the OrderedDict, as in
+        # PyTorch, so swapping a Linear for a LoRALinear does not reorder the names.
+        # An entry of another kind (or a plain attribute such as bias=None) is removed
+        # first; a plain attribute left in __dict__ would hide the registered one.
         if isinstance(value, Parameter):
+            self._modules.pop(name, None)
+            self.__dict__.pop(name, None)
             self._parameters[name] = value
         elif isinstance(value, Module):
+            self._parameters.pop(name, None)
+            self.__dict__.pop(name, None)
             self._modules[name] = value
         else:
+            self._parameters.pop(name, None)
+            self._modules.pop(name, None)
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):  # only called when normal lookup fails
@@ -350,3 +358,33 @@ class Sequential(Module):
 
     def __len__(self) -> int:
         return len(self._modules)
+
+
+class ParameterDict(Module):
+    """A dict of named Parameters (an embedding LoRA keeps one A and one B per adapter here)."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        for name, p in (parameters or {}).items():
+            self[name] = p
+
+    def __getitem__(self, name: str) -> Parameter:
+        return self._parameters[name]
+
+    def __setitem__(self, name: str, p: Parameter) -> None:
+        setattr(self, name, p)
+
+    def __delitem__(self, name: str) -> None:
+        del self._parameters[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._parameters
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
