@@ -35,5 +35,6 @@ from minilora.lora import (
 )
 from minilora.adapters import load_adapter, save_adapter
 from minilora.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from minilora import checks, data, linalg, pretrained
 
 __version__ = "0.1.0"

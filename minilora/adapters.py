@@ -26,6 +26,7 @@ from minilora.files import (json_bytes, read_json, read_safetensors, read_safete
 from minilora.lora import (LoraConfig, LoRAEmbedding, LoRALinear, _adapter_names, _adapter_params,
                            _mark_trainable, _parent_of, lora_layers, set_adapter, trainable_bias_names)
 from minilora import nn
+from minilora.model import GPT
 
 PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -75,7 +76,11 @@ def save_adapter(model, directory, adapter_name: str | None = None, layout: str 
                            "unmerge(model) first so A and B are saved on their own")
     config = configs[adapter_name]
     if layout == "minilora":
-        tensors, cfg = adapter_state_dict(model, adapter_name), _peft_config_dict(config)
+        # PEFT builds a PeftModelForCausalLM for task_type "CAUSAL_LM", which needs a language
+        # model's generate hooks; any other module loads as a plain PeftModel (task_type null).
+        task_type = "CAUSAL_LM" if isinstance(model, GPT) else None
+        tensors = adapter_state_dict(model, adapter_name)
+        cfg = _peft_config_dict(config, task_type=task_type)
     elif layout == "hf-gpt2":
         tensors, cfg = _to_hf_gpt2(model, adapter_name, config)
     else:
@@ -93,8 +98,17 @@ def load_adapter(model, directory, adapter_name: str = "default", is_trainable: 
     The first adapter of a model becomes active; later ones wait for set_adapter.
     Loaded adapters are frozen unless is_trainable=True.
     """
+    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+        raise ValueError(f"load_adapter: adapter_name={adapter_name!r} must be a non-empty string "
+                         "without dots (it becomes part of parameter names)")
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"load_adapter: {directory} is not a directory; expected one holding "
+                                f"{CONFIG_FILE} and {WEIGHTS_FILE} (written by save_adapter)")
     raw = read_json(directory / CONFIG_FILE)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{directory / CONFIG_FILE}: expected a JSON object of LoRA settings, "
+                         f"found a {type(raw).__name__}")
     if raw.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{directory / CONFIG_FILE}: peft_type={raw.get('peft_type')!r}; only LORA adapters load")
     known = LoraConfig.__dataclass_fields__
@@ -160,8 +174,14 @@ def _plan_load(model, tensors: dict, config: LoraConfig, adapter_name: str, dire
             else:
                 problems.append(f"key {key!r} is neither a LoRA A/B nor a bias")
     layers = []
+    wrapped = [n for n, m in modules.items() if isinstance(m, (LoRALinear, LoRAEmbedding))]
     for name, entry in sorted(pairs.items()):
         module = modules.get(name)
+        owner = next((w for w in wrapped if name.startswith(w + ".")), None)
+        if owner is not None:       # e.g. "...q_proj.base_layer": LoRA never nests inside LoRA
+            problems.append(f"{name}: it is part of the LoRA layer {owner}; the key should name "
+                            f"{owner} itself")
+            continue
         base = module.base_layer if isinstance(module, (LoRALinear, LoRAEmbedding)) else module
         expected_type = nn.Linear if entry["kind"] == "linear" else nn.Embedding
         if not isinstance(base, expected_type):

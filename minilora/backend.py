@@ -114,6 +114,10 @@ def _add_rows(target, rows, values) -> None:
     run of neighbours is summed at once (much faster than np.add.at for embeddings)."""
     if rows.size == 0:
         return
+    # Negative ids count from the end (-1 is the last row). Make them positive first,
+    # or -1 and n-1 would be two "different" runs that write the same row, and a
+    # fancy-indexed += keeps only one of two writes to a row.
+    rows = np.where(rows < 0, rows + target.shape[0], rows)
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])

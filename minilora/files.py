@@ -39,7 +39,11 @@ def write_dir_atomically(directory, files: dict[str, bytes]) -> Path:
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
             old.rmdir()
             os.replace(directory, old)              # the two renames are the only moment of change
-            os.replace(staging, directory)
+            try:
+                os.replace(staging, directory)
+            except BaseException:
+                os.replace(old, directory)          # put the previous version back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, directory)

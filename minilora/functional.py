@@ -206,7 +206,9 @@ def gelu(x: Tensor) -> Tensor:
     xp = backend.get_array_module(x.data)
     a = x.data
     a2 = a * a
-    t = a2 * 0.044715                                   # in-place steps: fewer temporary arrays
+    # in-place steps: fewer temporary arrays. asarray: for a 0-d input NumPy returns a
+    # scalar, which has no memory to write into (tanh(out=) below would fail).
+    t = xp.asarray(a2 * 0.044715)
     t += 1.0
     t *= a
     t *= _GELU_C

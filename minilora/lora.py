@@ -58,6 +58,14 @@ class LoraConfig:
         if not self.target_modules:
             raise ValueError("LoraConfig: target_modules is empty; name the layers to adapt, "
                              "e.g. ['q_proj', 'v_proj']")
+        for pattern, value in self.rank_pattern.items():
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LoraConfig: rank_pattern[{pattern!r}]={value!r} must be a "
+                                 "positive integer, like r")
+        for pattern, value in self.alpha_pattern.items():
+            if not value > 0:
+                raise ValueError(f"LoraConfig: alpha_pattern[{pattern!r}]={value!r} must be "
+                                 "positive, like lora_alpha")
 
     def rank_for(self, module_name: str) -> int:
         """r for this module: rank_pattern overrides the default, PEFT style."""
@@ -115,16 +123,19 @@ class LoRALinear(nn.Module):
         self.lora_dropout[name] = nn.Dropout(dropout)
         self.scaling[name] = scaling
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        like = self.base_layer.weight           # A and B take W0's dtype and device, as in PEFT
         rng = backend.rng()
         if init is True:       # A ~ U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's kaiming_uniform, a=sqrt(5)); B = 0
-            A.data = _on_device(rng.uniform(-1, 1, A.shape) / math.sqrt(in_features), A)
-            B.data = backend.xp.zeros_like(B.data)
+            A.data = _on_device(rng.uniform(-1, 1, A.shape) / math.sqrt(in_features), like)
+            B.data = _on_device(np.zeros(B.shape), like)
         elif init == "gaussian":   # A ~ N(0, (1/r)^2); B = 0
-            A.data = _on_device(rng.normal(0.0, 1.0 / r, A.shape), A)
-            B.data = backend.xp.zeros_like(B.data)
+            A.data = _on_device(rng.normal(0.0, 1.0 / r, A.shape), like)
+            B.data = _on_device(np.zeros(B.shape), like)
         elif init == "pissa":
             self._pissa_init(name, r, scaling)
-        # init False: keep nn.Linear's random A and B (the model changes at step 0; for tests)
+        else:   # init False: keep nn.Linear's random A and B (the model changes at step 0; for tests)
+            A.data = _on_device(backend.to_numpy(A.data), like)
+            B.data = _on_device(backend.to_numpy(B.data), like)
 
     def _pissa_init(self, name: str, r: int, scaling: float) -> None:
         """PiSSA: start A, B on W0's top-r singular directions and remove them from W0,
@@ -149,7 +160,9 @@ class LoRALinear(nn.Module):
         if self.disabled or self.merged_adapters or name is None:
             return h                                             # merged: B A is already in W0
         A, B = self.lora_A[name], self.lora_B[name]
-        return h + B(A(self.lora_dropout[name](x))) * self.scaling[name]   # + scaling * B A x
+        # + scaling * B A x. The scaling multiplies the small (..., r) activation A x
+        # rather than the (..., out) result: the same number, r/out of the work.
+        return h + B(A(self.lora_dropout[name](x)) * self.scaling[name])
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.lora_A.keys())}, active={self.active_adapter!r}"
@@ -279,7 +292,8 @@ def _find_targets(model, config: LoraConfig) -> list[tuple[str, nn.Module]]:
                          "inside them instead, e.g. 'q_proj'.")
     if not found:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                        if isinstance(m, (nn.Linear, nn.Embedding))})
+                        if isinstance(m, (nn.Linear, nn.Embedding, *LORA_LAYERS))
+                        and not any(n.startswith(p + ".") for p in inside_lora)})
         raise ValueError(f"apply_lora: target_modules={config.target_modules!r} matched no Linear "
                          f"or Embedding in the model. Layer names you can target: {names}")
     return found

@@ -247,7 +247,7 @@ def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
         state = {k: backend.to_numpy(v.data if isinstance(v, Tensor) else v)
                  for k, v in path_or_state_dict.items()}
     else:
-        from safetensors.numpy import load_file
+        from minilora.files import read_safetensors
 
         path = Path(path_or_state_dict)
         weights = path / "model.safetensors" if path.is_dir() else path
@@ -255,7 +255,7 @@ def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
         if not weights.exists():
             raise FileNotFoundError(f"load_gpt2: no weights at {weights}; expected a directory with "
                                     "model.safetensors and config.json, or a .safetensors file")
-        state = load_file(str(weights))
+        state = read_safetensors(weights)                   # a corrupt file: ValueError naming it
         if config_path.exists():
             hf_config = json.loads(config_path.read_text())
 
@@ -271,6 +271,14 @@ def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
     if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"load_gpt2: activation {hf_config['activation_function']!r} is not "
                          "GPT-2's tanh GELU, which is the only one minilora implements")
+    # Options that change the arithmetic but not the weights' shapes: loading anyway
+    # would give a model that runs and silently computes something else.
+    for key, ours_value in (("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True),
+                            ("scale_attn_by_inverse_layer_idx", False)):
+        if key in hf_config and hf_config[key] != ours_value:
+            raise ValueError(f"load_gpt2: config.json has {key}={hf_config[key]!r}, but minilora's "
+                             f"GPT computes with {key}={ours_value!r}; this checkpoint cannot be "
+                             "reproduced exactly")
     vocab_size, C = state["wte.weight"].shape
     n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")})
     config = GPTConfig(vocab_size=vocab_size, block_size=state["wpe.weight"].shape[0],

@@ -24,6 +24,7 @@ _grad_enabled = True
 # How much backward work ran: `rules` counts closures executed, `grads` counts
 # gradients computed for inputs. Tests read it through `count_backward_work()`.
 _work = Counter()
+_running_op = ""   # the op whose backward rule is running, so gradients are counted per op
 
 
 @contextlib.contextmanager
@@ -175,6 +176,7 @@ class Tensor:
     def _add_grad(self, g) -> None:
         """Accumulate a gradient. Never in place: `g` may be shared with another input."""
         _work["grads"] += 1
+        _work["grads:" + _running_op] += 1
         self.grad = g if self.grad is None else self.grad + g
 
     # ---------------------------------------------------------- backward pass
@@ -185,6 +187,7 @@ class Tensor:
         intermediate gradients and the graph are freed once used, unless
         `retain_graph=True`.
         """
+        global _running_op
         if not self.requires_grad:
             raise RuntimeError(
                 "backward(): this tensor does not require grad. None of the tensors it was "
@@ -206,16 +209,22 @@ class Tensor:
                                  f"but the tensor has shape {self.shape}; they must match.")
 
         # Topological order: every node comes after all the nodes it was made from.
-        order, seen, stack = [], {id(self)}, [(self, False)]
+        # A node is marked when it is expanded, not when it is pushed: a node pushed
+        # early (as a parent of the loss, say) may also be reached later through a
+        # longer path, and it must be placed after everything on that path too, or
+        # backward would run its rule before all of its gradient had arrived.
+        order, expanded, stack = [], set(), [(self, False)]
         while stack:
-            node, children_done = stack.pop()
-            if children_done:
+            node, parents_done = stack.pop()
+            if parents_done:
                 order.append(node)
                 continue
+            if id(node) in expanded:
+                continue
+            expanded.add(id(node))
             stack.append((node, True))
             for parent in node._parents:
-                if id(parent) not in seen:
-                    seen.add(id(parent))
+                if id(parent) not in expanded:
                     stack.append((parent, False))
 
         self.grad = grad if self.grad is None else self.grad + grad
@@ -225,9 +234,13 @@ class Tensor:
             if node.grad is not None:
                 _work["rules"] += 1
                 _work["rules:" + node._op] += 1
+                _running_op = node._op
                 node._backward(node)
+            # Intermediate gradients are never kept, even with retain_graph: a second
+            # backward through the same graph must start from zero at every inner node,
+            # or the first pass's gradient would be propagated again.
+            node.grad = None
             if not retain_graph:
-                node.grad = None            # intermediate gradients are not kept
                 node._backward, node._parents = None, ()
 
     # ------------------------------------------------------------- arithmetic
@@ -329,11 +342,13 @@ class Tensor:
 
         def _backward(out):
             # Treat vectors as matrices: a (n,) is a row (1, n); b (n,) a column (n, 1).
+            # Re-insert the dropped axes into g: vector @ matrix dropped the row axis
+            # (second to last), matrix @ vector the column axis (last); vector @ vector both.
             g = out.grad
             a2 = a[None, :] if a.ndim == 1 else a
             b2 = b[:, None] if b.ndim == 1 else b
             if a.ndim == 1:
-                g = g[..., None, :]
+                g = g.reshape(g.shape[:-1] + (1, g.shape[-1])) if b.ndim > 1 else g.reshape(1)
             if b.ndim == 1:
                 g = g[..., None]
             xp = backend.get_array_module(g)
@@ -446,7 +461,7 @@ class Tensor:
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         axes = tuple(axes) if axes else tuple(reversed(range(self.ndim)))
-        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+        if sorted(a + self.ndim if a < 0 else a for a in axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of the "
                              f"{self.ndim} axes of a tensor of shape {self.shape}")
         out_data = self.data.transpose(axes)
@@ -488,7 +503,8 @@ class Tensor:
         out_data = xp.where(mask, xp.asarray(value, dtype=self.dtype), self.data)
 
         def _backward(out):      # filled positions did not depend on self
-            self._add_grad(xp.where(mask, 0, out.grad).astype(self.dtype))
+            # A mask larger than self broadcasts self, so sum over the copies.
+            self._add_grad(_unbroadcast(xp.where(mask, 0, out.grad).astype(self.dtype), self.shape))
 
         return op_result(out_data, (self,), _backward, "masked_fill")
 

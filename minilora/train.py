@@ -42,10 +42,14 @@ class TrainConfig:
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to config.lr, then cosine decay to lr * min_lr_ratio at the last step."""
+    """Linear warm-up to config.lr, then cosine decay to lr * min_lr_ratio at the last step.
+
+    Steps count from 0, so the last step is config.steps - 1: the cosine spans the
+    steps - 1 - warmup steps from the end of warm-up to there.
+    """
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
-    span = max(config.steps - config.warmup, 1)
+    span = max(config.steps - 1 - config.warmup, 1)
     progress = min((step - config.warmup) / span, 1.0)
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
