@@ -25,6 +25,9 @@ def write_dir_atomically(directory, files: dict[str, bytes]) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)               # mkdtemp makes it private (0700); use the usual mode
     try:
         if directory.exists():                      # keep what else is there
             for item in directory.iterdir():

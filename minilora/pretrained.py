@@ -25,9 +25,10 @@ PRETRAINED_DIR = Path(__file__).parent / "assets" / "tiny_gpt"
 
 # The recipe. Changing any of these changes the shipped model: run `minilora pretrain`.
 MODEL_CONFIG = GPTConfig(vocab_size=data.TOKENIZER.vocab_size, block_size=32,
-                         n_layer=4, n_head=4, n_embd=64)
-PRETRAIN = TrainConfig(steps=3000, lr=3e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.01)
-BATCH_SIZE = 32
+                         n_layer=2, n_head=4, n_embd=64)
+PRETRAIN = TrainConfig(steps=2000, lr=3e-3, warmup=100, min_lr_ratio=0.1, weight_decay=0.01)
+PRETRAIN_BATCH_SIZE = 64
+BATCH_SIZE = 32          # fine-tuning batch size (demo, notebooks)
 
 
 def task_batches(task_names, batch_size: int, block_size: int, seed: int):
@@ -52,13 +53,13 @@ def pretrain(out_path=None, steps: int | None = None, seed: int = 0, progress: b
     config = TrainConfig(**{**PRETRAIN.__dict__, "steps": steps or PRETRAIN.steps})
     manual_seed(seed)
     model = GPT(MODEL_CONFIG)
-    get_batch = task_batches(data.PRETRAIN_TASKS, BATCH_SIZE, MODEL_CONFIG.block_size, seed)
+    get_batch = task_batches(data.PRETRAIN_TASKS, PRETRAIN_BATCH_SIZE, MODEL_CONFIG.block_size, seed)
     start = time.perf_counter()
     result = train(model, get_batch, config, progress=progress, desc="pretrain")
     seconds = time.perf_counter() - start
     accuracy = task_accuracy(model, data.PRETRAIN_TASKS)
     metadata = {"pretrain": {"tasks": list(data.PRETRAIN_TASKS), "steps": config.steps, "seed": seed,
-                             "batch_size": BATCH_SIZE, "lr": config.lr, "seconds": round(seconds, 1),
+                             "batch_size": PRETRAIN_BATCH_SIZE, "lr": config.lr, "seconds": round(seconds, 1),
                              "final_loss": round(float(np.mean(result.losses[-50:])), 5),
                              "heldout_exact_match": accuracy}}
     save_checkpoint(model, out_path, metadata)

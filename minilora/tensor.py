@@ -159,11 +159,11 @@ class Tensor:
 
     def detach(self) -> "Tensor":
         """The same values, cut from the graph (shares memory, needs no gradient)."""
-        return Tensor(self.data)
+        return _leaf(self.data, requires_grad=False)
 
     def to(self, device: str) -> "Tensor":
-        """A copy on `device` ("cpu" or "cuda"), as a new leaf."""
-        return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
+        """The values on `device` ("cpu" or "cuda"), as a new leaf (no copy if already there)."""
+        return _leaf(backend.to_device(self.data, device), self.requires_grad)
 
     def astype(self, dtype) -> "Tensor":
         out_data = self.data.astype(dtype)
@@ -518,6 +518,16 @@ def _tensor(value, like: Tensor) -> Tensor:
         dtype = like.dtype if like.dtype.kind == "f" or isinstance(value, int) else np.float32
         return Tensor(backend.get_array_module(like.data).asarray(value, dtype=dtype))
     return Tensor(value)
+
+
+def _leaf(array, requires_grad: bool) -> Tensor:
+    """A leaf around `array` exactly as it is. Not Tensor(array): the constructor sends
+    host arrays to the *active* device, so t.to("cpu") on a GPU run would land back
+    on the GPU, and detach() of a CPU tensor would copy it there."""
+    out = Tensor.__new__(Tensor)
+    out.data, out.grad, out.requires_grad = array, None, requires_grad
+    out._parents, out._backward, out._op = (), None, ""
+    return out
 
 
 def op_result(data, parents, backward, op: str) -> Tensor:

@@ -1,0 +1,41 @@
+"""Test-wide settings: lean on shared CPUs, patient with slow machines, device-aware."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# tests/helpers.py is imported as `helpers` by the test modules.
+sys.path.insert(0, os.path.dirname(__file__))
+
+try:
+    import torch
+
+    torch.set_num_threads(1)   # the machines running this are shared; one thread is plenty
+except ImportError:  # pragma: no cover
+    pass
+
+# No per-example deadline: a busy machine (or a GPU's first kernel launch) can make a
+# single example slow without anything being wrong. Tests choose their own max_examples.
+# In CI (CI=true) the examples are derandomized, so a run is repeatable from the commit.
+settings.register_profile("minilora", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", parent=settings.get_profile("minilora"), derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "minilora"))
+
+
+@pytest.fixture
+def device_guard():
+    """Restore the active device after a test that switches it."""
+    from minilora import backend
+
+    saved = backend.device
+    yield
+    backend.set_device(saved)
+
+
+def pytest_report_header(config):
+    from minilora import backend
+
+    return f"minilora device: {backend.device} (set MINILORA_DEVICE=cuda to run on a GPU)"
