@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import alternate  # noqa: E402
 
 import minilora as ml  # noqa: E402
+from minilora import backend  # noqa: E402
 from minilora import functional as F  # noqa: E402
 
 
@@ -46,6 +47,7 @@ def step_fn(model, x, y):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
+        backend.synchronize()
     return step
 
 
@@ -53,13 +55,15 @@ def bench_step(repeats: int) -> None:
     n_embd, n_layer, batch, seq = 256, 4, 16, 64
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 64, (batch, seq)), rng.integers(0, 64, (batch, seq))
+    x, y = backend.xp.asarray(x), backend.xp.asarray(y)
     full = make_gpt(n_embd, n_layer, seq)
     lora = ml.apply_lora(make_gpt(n_embd, n_layer, seq), lora_config())
     t = alternate({"full": step_fn(full, x, y), "lora": step_fn(lora, x, y)}, repeats=repeats)
     print(f"[1] training step, n_embd {n_embd}, {n_layer} layers, batch {batch} x {seq}, LoRA r=8 on q, v")
     print(f"    minilora: full {t['full'] * 1e3:.1f} ms, LoRA {t['lora'] * 1e3:.1f} ms, "
           f"ratio LoRA / full = {t['lora'] / t['full']:.2f}  (target <= 0.75)")
-    _torch_step_ratio(full, x, y, repeats)
+    if backend.device == "cpu":
+        _torch_step_ratio(full, x, y, repeats)
 
 
 def _torch_step_ratio(model, x, y, repeats: int) -> None:
@@ -90,7 +94,7 @@ def _torch_step_ratio(model, x, y, repeats: int) -> None:
 
 def bench_merged_forward(repeats: int) -> None:
     n_embd, n_layer, batch, seq = 256, 4, 16, 64
-    x = np.random.default_rng(1).integers(0, 64, (batch, seq))
+    x = backend.xp.asarray(np.random.default_rng(1).integers(0, 64, (batch, seq)))
     base = make_gpt(n_embd, n_layer, seq)
     merged = ml.apply_lora(make_gpt(n_embd, n_layer, seq), lora_config())
     for layer in ml.lora.lora_layers(merged).values():          # a trained-looking, non-zero B
@@ -105,6 +109,7 @@ def bench_merged_forward(repeats: int) -> None:
         def run():
             with ml.no_grad():
                 m(x)
+            backend.synchronize()
         return run
 
     t = alternate({"base": fwd(base), "merged": fwd(merged), "unmerged": fwd(unmerged)}, repeats=repeats)
@@ -153,10 +158,14 @@ def bench_memory() -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="LoRA cost ratios")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
+    ml.set_device(args.device)
+    print(f"device: {args.device}")
     bench_step(args.repeats)
     bench_merged_forward(args.repeats)
-    bench_memory()
+    if args.device == "cpu":          # tracemalloc sees host memory only
+        bench_memory()
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     xp = backend.get_array_module(q.data)
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D)
-    s = q.data @ xp.swapaxes(k.data, -1, -2)            # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
-    s *= scale
+    qs = q.data * scale                                 # scale q, not the (larger when T > D) scores
+    s = qs @ xp.swapaxes(k.data, -1, -2)                # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
     s += _future_bias(T, s.dtype, xp)                   # -inf above the diagonal: no peeking ahead
     s -= s.max(axis=-1, keepdims=True)
     p = xp.exp(s, out=s)
@@ -173,15 +173,17 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
             v._add_grad(xp.swapaxes(p_used, -1, -2) @ g)
         if not (q.requires_grad or k.requires_grad):
             return
-        dp = g @ xp.swapaxes(v.data, -1, -2)            # dP = g V^T, [B, H, T, T]
+        ds = g @ xp.swapaxes(v.data, -1, -2)            # dP = g V^T, [B, H, T, T]
         if keep is not None:
-            dp *= keep
-        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))   # softmax backward
-        ds *= scale
-        if q.requires_grad:                             # dQ = dS K
-            q._add_grad(ds @ k.data)
-        if k.requires_grad:                             # dK = dS^T Q
-            k._add_grad(xp.swapaxes(ds, -1, -2) @ q.data)
+            ds *= keep
+        ds -= (ds * p).sum(axis=-1, keepdims=True)      # softmax backward, in place:
+        ds *= p                                         # dS = P * (dP - sum(dP * P))
+        if q.requires_grad:                             # dQ = dS K * scale
+            dq = ds @ k.data
+            dq *= scale
+            q._add_grad(dq)
+        if k.requires_grad:                             # dK = dS^T (Q * scale)
+            k._add_grad(xp.swapaxes(ds, -1, -2) @ qs)
 
     return op_result(y, (q, k, v), _backward, "causal_attention")
 
@@ -202,32 +204,34 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu(x: Tensor) -> Tensor:
-    """GELU with GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    """GELU with GPT-2's tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+
+    Computed as x * sigmoid(2u), the same function (1 + tanh(u) = 2 sigmoid(2u)),
+    because exp is about twice as fast as tanh in NumPy.
+    """
     xp = backend.get_array_module(x.data)
     a = x.data
     a2 = a * a
-    # in-place steps: fewer temporary arrays. asarray: for a 0-d input NumPy returns a
-    # scalar, which has no memory to write into (tanh(out=) below would fail).
-    t = xp.asarray(a2 * 0.044715)
-    t += 1.0
-    t *= a
-    t *= _GELU_C
-    xp.tanh(t, out=t)                                   # t = tanh(u), u = c (x + 0.044715 x^3)
-    y = t + 1.0
-    y *= a
-    y *= 0.5
+    # s = sigmoid(2u) = 1 / (1 + exp(-2u)), built in place to avoid temporary arrays.
+    # asarray: for a 0-d input NumPy returns a scalar, which has no memory to write into.
+    s = xp.asarray(a2 * (-2 * _GELU_C * 0.044715))
+    s -= 2 * _GELU_C
+    s *= a                                              # -2u
+    xp.exp(s, out=s)
+    s += 1.0
+    xp.reciprocal(s, out=s)                             # s = sigmoid(2u)
+    y = a * s
 
     def _backward(out):
-        # product rule: d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,
-        # with du/dx = c (1 + 3 * 0.044715 x^2)
-        du = a2 * (3 * 0.044715 * _GELU_C)
-        du += _GELU_C
-        du *= 1.0 - t * t
-        du *= a
-        du += 1.0 + t
-        du *= 0.5
-        du *= out.grad
-        x._add_grad(du)
+        # d/dx [x s] = s + x s' with s' = 2 s (1 - s) du/dx and du/dx = c (1 + 3 * 0.044715 x^2)
+        d = a2 * (2 * 3 * 0.044715 * _GELU_C)
+        d += 2 * _GELU_C
+        d *= a
+        d *= 1.0 - s
+        d += 1.0
+        d *= s
+        d *= out.grad
+        x._add_grad(d)
 
     return op_result(y, (x,), _backward, "gelu")
 
@@ -235,9 +239,9 @@ def gelu(x: Tensor) -> Tensor:
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1 (biased variance), then scale and shift."""
     xp = backend.get_array_module(x.data)
-    mu = x.data.mean(axis=-1, keepdims=True)
-    xc = x.data - mu
-    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    inv_d = 1.0 / x.shape[-1]                          # sum * (1/D): NumPy's mean() has extra overhead
+    xc = x.data - x.data.sum(axis=-1, keepdims=True) * inv_d
+    rstd = 1.0 / xp.sqrt((xc * xc).sum(axis=-1, keepdims=True) * inv_d + eps)
     xhat = xc * rstd                                      # [..., D], mean 0, variance 1
     y = xhat if weight is None else xhat * weight.data
     if bias is not None:
@@ -254,8 +258,10 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         if x.requires_grad:
             # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
             dxhat = g if weight is None else g * weight.data
-            x._add_grad(rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
-                                - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)))
+            dx = dxhat - dxhat.sum(axis=-1, keepdims=True) * inv_d
+            dx -= xhat * ((dxhat * xhat).sum(axis=-1, keepdims=True) * inv_d)
+            dx *= rstd
+            x._add_grad(dx)
 
     return op_result(y, parents, _backward, "layer_norm")
 
