@@ -99,7 +99,7 @@ def scatter_add(target, indices, values) -> None:
         else:
             np.add.at(target, indices, values)
     else:
-        _cupy.add.at(target, indices, values)
+        _cupy.add.at(target, indices, values)   # atomic adds: order, so rounding, varies per run
 
 
 def _is_row_index(indices, target, values) -> bool:

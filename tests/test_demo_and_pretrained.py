@@ -46,8 +46,13 @@ def test_pretrain_is_reproducible_from_a_seed(tmp_path):
     b = pretrained.pretrain(tmp_path / "b", steps=15, seed=3, progress=False)
     c = pretrained.pretrain(tmp_path / "c", steps=15, seed=4, progress=False)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    assert all(np.array_equal(sa[k], sb[k]) for k in sa)
-    assert not all(np.array_equal(sa[k], sc[k]) for k in sa)
+    if ml.backend.device == "cpu":
+        assert all(np.array_equal(sa[k], sb[k]) for k in sa)      # bit for bit
+    else:
+        # CuPy's scatter-add (embedding gradients) uses atomic adds, whose order, and so
+        # whose float rounding, varies from run to run: equal up to float32 rounding.
+        assert all(np.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-6) for k in sa)
+    assert not all(np.allclose(sa[k], sc[k], rtol=1e-2) for k in sa)
     reloaded = ml.load_checkpoint(tmp_path / "a")
     assert all(np.array_equal(sa[k], v) for k, v in reloaded.state_dict().items())
 
