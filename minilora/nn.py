@@ -304,40 +304,54 @@ class ModuleList(Module):
         return len(self._modules)
 
 
-class ModuleDict(Module):
-    """A dict of named modules (LoRA keeps one A and one B per adapter name in these)."""
+class _NamedDict(Module):
+    """A dict whose entries are registered on the module (so they get dotted names).
 
-    def __init__(self, modules=None):
+    Subclasses choose the table: ModuleDict keeps modules, ParameterDict parameters.
+    """
+
+    _table = "_modules"
+
+    def __init__(self, entries=None):
         super().__init__()
-        for name, m in (modules or {}).items():
-            self[name] = m
+        for name, item in (entries or {}).items():
+            self[name] = item
 
-    def __getitem__(self, name: str) -> Module:
-        return self._modules[name]
+    def _entries(self) -> dict:
+        return getattr(self, self._table)
 
-    def __setitem__(self, name: str, module: Module) -> None:
-        setattr(self, name, module)
+    def __getitem__(self, name: str):
+        return self._entries()[name]
+
+    def __setitem__(self, name: str, item) -> None:
+        setattr(self, name, item)
 
     def __delitem__(self, name: str) -> None:
-        del self._modules[name]
+        del self._entries()[name]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._modules
+        return name in self._entries()
 
     def __iter__(self):
-        return iter(self._modules)
+        return iter(self._entries())
 
     def __len__(self) -> int:
-        return len(self._modules)
+        return len(self._entries())
 
     def keys(self):
-        return self._modules.keys()
+        return self._entries().keys()
 
     def items(self):
-        return self._modules.items()
+        return self._entries().items()
 
     def values(self):
-        return self._modules.values()
+        return self._entries().values()
+
+
+class ModuleDict(_NamedDict):
+    """A dict of named modules (LoRA keeps one A and one B per adapter name in these)."""
+
+    _table = "_modules"
 
 
 class Sequential(Module):
@@ -360,31 +374,7 @@ class Sequential(Module):
         return len(self._modules)
 
 
-class ParameterDict(Module):
+class ParameterDict(_NamedDict):
     """A dict of named Parameters (an embedding LoRA keeps one A and one B per adapter here)."""
 
-    def __init__(self, parameters=None):
-        super().__init__()
-        for name, p in (parameters or {}).items():
-            self[name] = p
-
-    def __getitem__(self, name: str) -> Parameter:
-        return self._parameters[name]
-
-    def __setitem__(self, name: str, p: Parameter) -> None:
-        setattr(self, name, p)
-
-    def __delitem__(self, name: str) -> None:
-        del self._parameters[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._parameters
-
-    def __iter__(self):
-        return iter(self._parameters)
-
-    def __len__(self) -> int:
-        return len(self._parameters)
-
-    def keys(self):
-        return self._parameters.keys()
+    _table = "_parameters"
