@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from minilora import backend
 from minilora.tensor import Tensor, op_result
 
@@ -217,7 +219,8 @@ def gelu(x: Tensor) -> Tensor:
     s = xp.asarray(a2 * (-2 * _GELU_C * 0.044715))
     s -= 2 * _GELU_C
     s *= a                                              # -2u
-    xp.exp(s, out=s)
+    with np.errstate(over="ignore"):                    # x < -10.5: exp -> inf, so s -> 0, the right limit
+        xp.exp(s, out=s)
     s += 1.0
     xp.reciprocal(s, out=s)                             # s = sigmoid(2u)
     y = a * s
