@@ -56,6 +56,14 @@ class ExerciseError(Exception):
             text += f"\nHint: {hint}"
         super().__init__(text)
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython and Jupyter show instead of a traceback: the message alone.
+
+        The cell still fails (so "Run All" stops at the first wrong answer), but the
+        learner reads what is wrong and a hint, not the internals of this file.
+        """
+        return [f"Not yet. {self}"]
+
 
 def _correct(exercise: str, why: str) -> None:
     print(f"Correct! (Exercise {exercise}) {why}")

@@ -158,3 +158,13 @@ def test_adam_state_bytes(capsys):
             exercise="3.3")
     rejects(checks.check_adam_state_bytes, 175e9, 18_874_368, match="parameter count itself", exercise="3.3")
     rejects(checks.check_adam_state_bytes, None, 1, match="full_bytes should be a number", exercise="3.3")
+
+
+def test_jupyter_shows_the_message_not_a_traceback():
+    """IPython renders an exception through _render_traceback_ when it has one."""
+    with pytest.raises(checks.ExerciseError) as caught:
+        checks.check_outer_factors([1, 2], [3])
+    lines = caught.value._render_traceback_()
+    assert lines == [f"Not yet. {caught.value}"]
+    assert "Exercise 1.1" in lines[0] and "Hint:" in lines[0]
+    assert "Traceback" not in "".join(lines)
