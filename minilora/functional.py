@@ -109,7 +109,10 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     The gradient is the classic (softmax - one_hot) / N.
     """
     xp = backend.get_array_module(logits.data)
-    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    # Targets are checked where they are: host data (a batch from data.make_batch)
+    # is checked before it is copied over, so a GPU run does not stop to wait here.
+    targets = targets.data if isinstance(targets, Tensor) else targets
+    targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
     num_classes = logits.shape[-1]
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets have shape {tuple(targets.shape)} but logits "
@@ -117,7 +120,6 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
                          "(one class index per row of logits).")
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {targets.dtype}")
-    x = logits.data.reshape(-1, num_classes)             # [N, C]
     t = targets.reshape(-1)                              # [N]
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= num_classes))
@@ -129,6 +131,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     if count == 0:
         raise ValueError(f"cross_entropy: every target equals ignore_index={ignore_index}, "
                          "so there is nothing to average; check the batch's targets.")
+    t, valid = xp.asarray(t), xp.asarray(valid)         # onto the logits' device
+    x = logits.data.reshape(-1, num_classes)             # [N, C]
     t_safe = xp.where(valid, t, 0)
     rows = xp.arange(x.shape[0])
     shifted = x - x.max(axis=1, keepdims=True)           # stable for large logits

@@ -193,7 +193,7 @@ class GPT(nn.Module):
 def _check_ids(idx, config: GPTConfig):
     """Validate token ids: 2-D integers, within the vocabulary and the context length."""
     idx = idx.data if isinstance(idx, Tensor) else idx
-    idx = backend.xp.asarray(idx) if backend.get_array_module(idx) is np else idx
+    idx = idx if hasattr(idx, "dtype") else np.asarray(idx)   # checked on the host when it comes from there
     if idx.ndim != 2 or idx.dtype.kind not in "iu":
         raise ValueError(f"GPT expects token ids of shape (batch, time) and integer dtype, "
                          f"got shape {tuple(idx.shape)} and dtype {idx.dtype}; "
@@ -206,7 +206,7 @@ def _check_ids(idx, config: GPTConfig):
         bad = int(idx.max()) if int(idx.max()) >= config.vocab_size else int(idx.min())
         raise ValueError(f"GPT: token id {bad} is outside the vocabulary of {config.vocab_size} "
                          f"(valid ids are 0..{config.vocab_size - 1}); check the tokenizer.")
-    return idx
+    return backend.xp.asarray(idx) if backend.get_array_module(idx) is np else idx
 
 
 def module_shapes(config: GPTConfig) -> dict[str, tuple[str, int, int]]:
