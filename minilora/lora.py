@@ -101,19 +101,32 @@ def target_matches(module_name: str, target_modules) -> bool:
 # --------------------------------------------------------------------------
 # The LoRA layers
 # --------------------------------------------------------------------------
-class LoRALinear(nn.Module):
+class _LoraLayer(nn.Module):
+    """What both LoRA layers share: the frozen base layer and the adapters' bookkeeping."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.scaling: dict[str, float] = {}        # per adapter: lora_alpha / r (or / sqrt(r))
+        self.active_adapter: str | None = None
+        self.merged_adapters: list[str] = []       # adapters whose B A is inside base_layer's weight
+        self.disabled = False                      # set by disable_adapters()
+
+    def adapter_in_use(self) -> str | None:
+        """The adapter the forward pass adds, or None: disabled, merged, or none active here."""
+        if self.disabled or self.merged_adapters:
+            return None
+        return self.active_adapter
+
+
+class LoRALinear(_LoraLayer):
     """A frozen Linear (`base_layer`) plus, per adapter name, A (r, in) and B (out, r)."""
 
     def __init__(self, base_layer: nn.Linear):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
-        self.scaling: dict[str, float] = {}
-        self.active_adapter: str | None = None
-        self.merged_adapters: list[str] = []
-        self.disabled = False
 
     def update_layer(self, name: str, r: int, scaling: float, dropout: float, init) -> None:
         """Add adapter `name`: A and B with the chosen initialisation."""
@@ -156,8 +169,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.base_layer(x)                                   # W0 x + b  (frozen)
-        name = self.active_adapter
-        if self.disabled or self.merged_adapters or name is None:
+        name = self.adapter_in_use()
+        if name is None:
             return h                                             # merged: B A is already in W0
         A, B = self.lora_A[name], self.lora_B[name]
         # + scaling * B A x. The scaling multiplies the small (..., r) activation A x
@@ -168,7 +181,7 @@ class LoRALinear(nn.Module):
         return f"adapters={list(self.lora_A.keys())}, active={self.active_adapter!r}"
 
 
-class LoRAEmbedding(nn.Module):
+class LoRAEmbedding(_LoraLayer):
     """A frozen Embedding plus, per adapter, A (r, num_embeddings) and B (dim, r).
 
     A row lookup is a product with a one-hot vector, so a LoRA on it is the
@@ -177,14 +190,9 @@ class LoRAEmbedding(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Embedding):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
-        self.scaling: dict[str, float] = {}
-        self.active_adapter: str | None = None
-        self.merged_adapters: list[str] = []
-        self.disabled = False
 
     def update_layer(self, name: str, r: int, scaling: float, dropout: float, init) -> None:
         num, dim = self.base_layer.weight.shape
@@ -205,8 +213,8 @@ class LoRAEmbedding(nn.Module):
 
     def forward(self, ids) -> Tensor:
         h = self.base_layer(ids)                                 # W0[ids]  (frozen)
-        name = self.active_adapter
-        if self.disabled or self.merged_adapters or name is None:
+        name = self.adapter_in_use()
+        if name is None:
             return h
         A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
         picked = F.embedding(A.T, ids)                           # columns of A: [..., r]
