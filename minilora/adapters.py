@@ -23,7 +23,7 @@ import numpy as np
 from minilora import backend
 from minilora.files import (json_bytes, read_json, read_safetensors, read_safetensors_metadata,
                             safetensors_bytes, write_dir_atomically)
-from minilora.lora import (LoraConfig, LoRAEmbedding, LoRALinear, _adapter_names, _adapter_params,
+from minilora.lora import (LORA_LAYERS, LoraConfig, LoRAEmbedding, LoRALinear, _adapter_names, _adapter_params,
                            _mark_trainable, _parent_of, lora_layers, set_adapter, trainable_bias_names)
 from minilora import nn
 from minilora.model import GPT
@@ -122,15 +122,13 @@ def load_adapter(model, directory, adapter_name: str = "default", is_trainable: 
     # Nothing has been changed so far; from here on every step is known to fit.
     for name, kind, (A, B) in plan["layers"]:
         module = model.get_submodule(name)
-        if not isinstance(module, (LoRALinear, LoRAEmbedding)):
+        if not isinstance(module, LORA_LAYERS):
             module = (LoRALinear if kind == "linear" else LoRAEmbedding)(module)
             parent, child = _parent_of(model, name)
             setattr(parent, child, module)
-        if adapter_name not in (module.lora_A if kind == "linear" else module.lora_embedding_A):
+        if adapter_name not in _adapter_names(module):
             module.update_layer(adapter_name, A.shape[0], config.scaling_for(name), config.lora_dropout, True)
-        a_param, b_param = ((module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight)
-                            if kind == "linear" else
-                            (module.lora_embedding_A[adapter_name], module.lora_embedding_B[adapter_name]))
+        a_param, b_param = _adapter_params(module, adapter_name)
         a_param.data = backend.to_device(A.astype(a_param.dtype), a_param.device)
         b_param.data = backend.to_device(B.astype(b_param.dtype), b_param.device)
         module.scaling[adapter_name] = config.scaling_for(name)
@@ -182,7 +180,7 @@ def _plan_load(model, tensors: dict, config: LoraConfig, adapter_name: str, dire
             problems.append(f"{name}: it is part of the LoRA layer {owner}; the key should name "
                             f"{owner} itself")
             continue
-        base = module.base_layer if isinstance(module, (LoRALinear, LoRAEmbedding)) else module
+        base = module.base_layer if isinstance(module, LORA_LAYERS) else module
         expected_type = nn.Linear if entry["kind"] == "linear" else nn.Embedding
         if not isinstance(base, expected_type):
             found = "no such module" if module is None else type(module).__name__
@@ -205,15 +203,13 @@ def _plan_load(model, tensors: dict, config: LoraConfig, adapter_name: str, dire
             problems.append(f"{name}: A {A.shape} and B {B.shape} in the file, the model needs "
                             f"A {want_a} and B {want_b} (r={r})")
             continue
-        if isinstance(module, (LoRALinear, LoRAEmbedding)) and adapter_name in (
-                module.lora_A if isinstance(module, LoRALinear) else module.lora_embedding_A):
-            have = tuple(module.lora_A[adapter_name].weight.shape if isinstance(module, LoRALinear)
-                         else module.lora_embedding_A[adapter_name].shape)
+        if isinstance(module, LORA_LAYERS) and adapter_name in _adapter_names(module):
+            have = _adapter_params(module, adapter_name)[0].shape
             if have != A.shape:
                 problems.append(f"{name}: the model's existing adapter {adapter_name!r} has A "
                                 f"{have}, the file's A is {A.shape}")
                 continue
-        if isinstance(module, (LoRALinear, LoRAEmbedding)) and module.merged_adapters:
+        if isinstance(module, LORA_LAYERS) and module.merged_adapters:
             problems.append(f"{name}: an adapter is merged there; unmerge(model) first")
         layers.append((name, entry["kind"], (A, B)))
     params = dict(model.named_parameters())
