@@ -469,7 +469,11 @@ def unmerge(model) -> None:
 
 
 def merge_and_unload(model):
-    """Merge the active adapter and replace every LoRA layer by its base layer: a plain model."""
+    """Merge the active adapter and replace every LoRA layer by its base layer: a plain model.
+
+    Like a freshly built model, every parameter of the result requires grad again
+    (PEFT leaves the flags as they were); freeze it yourself to keep it frozen.
+    """
     if getattr(model, "active_adapter", None) is not None:
         merge(model)
     for name, layer in lora_layers(model).items():
