@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from minilora import backend
-from minilora.files import (json_bytes, read_json, read_safetensors, read_safetensors_metadata,
+from minilora.files import (json_bytes, read_json, read_safetensors,
                             safetensors_bytes, write_dir_atomically)
 from minilora.lora import (LORA_LAYERS, LoraConfig, LoRAEmbedding, LoRALinear, _adapter_names, _adapter_params,
                            _mark_trainable, _parent_of, lora_layers, set_adapter, trainable_bias_names)
@@ -296,7 +296,3 @@ def adapter_size_bytes(directory) -> int:
     """Bytes on disk of an adapter directory (both files)."""
     directory = Path(directory)
     return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
-
-
-def adapter_metadata(directory) -> dict:
-    return read_safetensors_metadata(Path(directory) / WEIGHTS_FILE)

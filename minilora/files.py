@@ -77,13 +77,6 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
                          "or corrupt: write it again") from None
 
 
-def read_safetensors_metadata(path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        return f.metadata() or {}
-
-
 def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
