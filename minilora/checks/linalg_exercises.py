@@ -1,16 +1,4 @@
-"""Self-checks for the notebooks' exercises: friendly feedback, never a stack of internals.
-
-Every exercise cell ends with a call such as `checks.check_outer_factors(u, v)`.
-A right answer prints "Correct! ..." and a line about why it matters. A wrong
-one raises `ExerciseError`, whose message names the exercise, says what is
-wrong (with the values) and gives a hint. Each check first validates the type
-and shape of what it was given, so a learner sees "expected a 3-vector, got
-shape (2,)" rather than an IndexError from inside this file.
-
-If an answer is a function the learner wrote and *their* function raises, the
-error says so and keeps their traceback attached, since that is where the bug
-is. A `NotImplementedError` (the placeholder in a student copy) passes through
-unchanged so its message, "Exercise 2.1: write your answer here", is what shows.
+"""Checks for the exercises of notebooks 01-03 (rank, SVD, parameter counts).
 
 Exercises, by notebook:
     01_rank             1.1 check_outer_factors, 1.2 check_rank_two_matrix,
@@ -27,10 +15,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from minilora.checks.feedback import ExerciseError
+from minilora.checks.feedback import as_array as _array
+from minilora.checks.feedback import as_integer as _integer
+from minilora.checks.feedback import as_number as _number
+from minilora.checks.feedback import call_learner as _call
+from minilora.checks.feedback import correct as _correct
 from minilora.linalg import low_rank_approx, numerical_rank
 
 __all__ = [
-    "ExerciseError",
     "OUTER_EXAMPLE",
     "check_outer_factors",
     "check_rank_two_matrix",
@@ -42,97 +35,6 @@ __all__ = [
     "check_gpt2_small_count",
     "check_adam_state_bytes",
 ]
-
-
-class ExerciseError(Exception):
-    """A wrong answer to an exercise. The message says what is wrong and how to fix it."""
-
-    def __init__(self, exercise: str, problem: str, hint: str | None = None):
-        self.exercise = exercise
-        self.problem = problem
-        self.hint = hint
-        text = f"Exercise {exercise}: {problem}"
-        if hint:
-            text += f"\nHint: {hint}"
-        super().__init__(text)
-
-    def _render_traceback_(self) -> list[str]:
-        """What IPython and Jupyter show instead of a traceback: the message alone.
-
-        The cell still fails (so "Run All" stops at the first wrong answer), but the
-        learner reads what is wrong and a hint, not the internals of this file.
-        """
-        return [f"Not yet. {self}"]
-
-
-def _correct(exercise: str, why: str) -> None:
-    print(f"Correct! (Exercise {exercise}) {why}")
-
-
-# ---------------------------------------------------------------- answer validation
-
-def _number(answer: Any, ex: str, what: str) -> float:
-    """A real number (int, float, NumPy scalar, 0-d array), or an ExerciseError."""
-    if isinstance(answer, (bool, np.bool_)):
-        raise ExerciseError(ex, f"{what} should be a number, but you gave the boolean {answer!r}.")
-    if isinstance(answer, np.ndarray) and answer.ndim == 0:
-        answer = answer.item()
-    if not isinstance(answer, (int, float, np.integer, np.floating)):
-        raise ExerciseError(ex, f"{what} should be a number, but you gave {type(answer).__name__} {answer!r}.",
-                            "Compute the value and assign the number itself (not a list, string or function).")
-    value = float(answer)
-    if not math.isfinite(value):
-        raise ExerciseError(ex, f"{what} is {value}, which is not a finite number.")
-    return value
-
-
-def _integer(answer: Any, ex: str, what: str) -> int:
-    """A whole number (an integral float such as 4.0 is accepted)."""
-    value = _number(answer, ex, what)
-    if value != round(value):
-        raise ExerciseError(ex, f"{what} should be a whole number, but you gave {answer!r}.",
-                            "Counts of parameters, bytes and ranks are integers.")
-    return int(round(value))
-
-
-def _array(answer: Any, ex: str, what: str, shapes: tuple[tuple[int, ...], ...]) -> np.ndarray:
-    """A float64 array of one of the allowed shapes."""
-    if callable(answer):
-        raise ExerciseError(ex, f"{what} should be an array, but you gave a function.",
-                            "Call your function and pass its result.")
-    try:
-        arr = np.asarray(answer, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ExerciseError(ex, f"{what} should be an array of numbers; could not read {type(answer).__name__} "
-                            f"{answer!r} as one.", "Use np.array([...]) with numbers only.") from None
-    if arr.shape not in shapes:
-        allowed = " or ".join(str(s) for s in shapes)
-        raise ExerciseError(ex, f"{what} has shape {arr.shape}, but it should have shape {allowed}.",
-                            "Check .shape of your answer before passing it.")
-    if not np.all(np.isfinite(arr)):
-        raise ExerciseError(ex, f"{what} contains NaN or Inf.")
-    return arr
-
-
-def _call(fn: Any, ex: str, name: str, *args: Any) -> Any:
-    """Call the learner's function, turning its failure into an explanation."""
-    if not callable(fn):
-        raise ExerciseError(ex, f"expected your function `{name}`, but got {type(fn).__name__} {fn!r}.",
-                            f"Pass the function itself: check(...)({name}) without calling it.")
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise                                   # a student copy's placeholder: its message says it all
-    except Exception as exc:
-        shown = ", ".join(_short(a) for a in args)
-        raise ExerciseError(ex, f"your function `{name}({shown})` raised {type(exc).__name__}: {exc}",
-                            "The traceback above this message points at the line in your function.") from exc
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"<array of shape {value.shape}>"
-    return repr(value)
 
 
 # ---------------------------------------------------------------- 01_rank

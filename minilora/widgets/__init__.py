@@ -1,0 +1,10 @@
+"""Interactive explorers for the notebooks (ipywidgets), one module per idea.
+
+Each explorer is an ipywidgets container whose slider callbacks run
+synchronously, so a test can set `w.slider.value = 5` and read the picture
+and the numbers straight after, with no browser and no kernel.
+
+Needs the notebook extras: `pip install minilora[notebooks]`.
+"""
+from minilora.widgets.linalg_explorers import *  # noqa: F401,F403  SVD rank slider, 2dr vs d^2
+from minilora.widgets.linalg_explorers import figure_to_png, load_sample_image
