@@ -1,7 +1,11 @@
 """LoRA's three costs, each measured as a ratio within one run.
 
+Times are taken in blocks (minilora.timing_blocks.in_blocks): each contender runs a
+block of calls after one untimed call, the order rotates from run to run, and
+each ratio is printed as its median over runs with the fastest and slowest run.
+
 1. Training step: LoRA (r=8 on q, v) against full fine-tuning, same GPT
-   (n_embd 256, 4 layers, batch 16 x 64). Target <= 0.75: frozen weights need
+   (n_embd 256, 4 layers, batch 16 x 64). Target <= 0.70: frozen weights need
    no weight gradients and no optimizer update. The same ratio for PyTorch
    with PEFT is printed beside it.
 2. Inference: a merged LoRA model's forward against the base model's.
@@ -10,7 +14,8 @@
    fine-tuning on a model whose weights dominate (n_embd 512, 4 layers,
    batch 2 x 32). Target <= 0.4, with the breakdown that explains it.
 
-    python benchmarks/bench_lora.py
+    python benchmarks/bench_lora.py [--runs 5 --block 5]
+    python benchmarks/bench_lora.py --quick      # tiny models, seconds (a smoke test)
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import alternate  # noqa: E402
+from common import ms, ratio_line, timed  # noqa: E402
 
 import minilora as ml  # noqa: E402
 from minilora import backend  # noqa: E402
@@ -44,29 +49,35 @@ def step_fn(model, x, y):
 
     def step():
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x).reshape(y.size, -1), y.reshape(-1))
         loss.backward()
         opt.step()
         backend.synchronize()
     return step
 
 
-def bench_step(repeats: int) -> None:
-    n_embd, n_layer, batch, seq = 256, 4, 16, 64
+DEVICE = "cpu"     # where the benchmark's models and batches live; set by main()
+
+# (n_embd, n_layer, batch, seq) of the step and forward benchmarks, and of the memory one
+SIZES = {"full": ((256, 4, 16, 64), (512, 4, 2, 32)), "quick": ((64, 1, 2, 16), (64, 1, 2, 16))}
+
+
+def bench_step(size, runs: int, block: int) -> None:
+    n_embd, n_layer, batch, seq = size
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 64, (batch, seq)), rng.integers(0, 64, (batch, seq))
-    x, y = backend.xp.asarray(x), backend.xp.asarray(y)
+    x, y = backend.to_device(x, DEVICE), backend.to_device(y, DEVICE)
     full = make_gpt(n_embd, n_layer, seq)
     lora = ml.apply_lora(make_gpt(n_embd, n_layer, seq), lora_config())
-    t = alternate({"full": step_fn(full, x, y), "lora": step_fn(lora, x, y)}, repeats=repeats)
+    t = timed({"full": step_fn(full, x, y), "lora": step_fn(lora, x, y)}, runs, block, "[1] minilora steps")
     print(f"[1] training step, n_embd {n_embd}, {n_layer} layers, batch {batch} x {seq}, LoRA r=8 on q, v")
-    print(f"    minilora: full {t['full'] * 1e3:.1f} ms, LoRA {t['lora'] * 1e3:.1f} ms, "
-          f"ratio LoRA / full = {t['lora'] / t['full']:.2f}  (target <= 0.75)")
-    if backend.device == "cpu":
-        _torch_step_ratio(full, x, y, repeats)
+    print(f"    minilora: full {ms(t, 'full')}, LoRA {ms(t, 'lora')}")
+    print("    " + ratio_line("LoRA / full", t.ratio("lora", "full"), "<= 0.70"))
+    if DEVICE == "cpu":
+        _torch_step_ratio(full, x, y, runs, block)
 
 
-def _torch_step_ratio(model, x, y, repeats: int) -> None:
+def _torch_step_ratio(model, x, y, runs: int, block: int) -> None:
     try:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -87,14 +98,14 @@ def _torch_step_ratio(model, x, y, repeats: int) -> None:
             opt.step()
         return step
 
-    t = alternate({"full": step_of(full), "lora": step_of(lora)}, repeats=repeats)
-    print(f"    PyTorch + PEFT: full {t['full'] * 1e3:.1f} ms, LoRA {t['lora'] * 1e3:.1f} ms, "
-          f"ratio LoRA / full = {t['lora'] / t['full']:.2f}")
+    t = timed({"full": step_of(full), "lora": step_of(lora)}, runs, block, "[1] PyTorch steps")
+    print(f"    PyTorch + PEFT: full {ms(t, 'full')}, LoRA {ms(t, 'lora')}")
+    print("    " + ratio_line("LoRA / full (PyTorch + PEFT)", t.ratio("lora", "full")))
 
 
-def bench_merged_forward(repeats: int) -> None:
-    n_embd, n_layer, batch, seq = 256, 4, 16, 64
-    x = backend.xp.asarray(np.random.default_rng(1).integers(0, 64, (batch, seq)))
+def bench_merged_forward(size, runs: int, block: int) -> None:
+    n_embd, n_layer, batch, seq = size
+    x = backend.to_device(np.random.default_rng(1).integers(0, 64, (batch, seq)), DEVICE)
     base = make_gpt(n_embd, n_layer, seq)
     merged = ml.apply_lora(make_gpt(n_embd, n_layer, seq), lora_config())
     for layer in ml.lora.lora_layers(merged).values():          # a trained-looking, non-zero B
@@ -112,16 +123,18 @@ def bench_merged_forward(repeats: int) -> None:
             backend.synchronize()
         return run
 
-    t = alternate({"base": fwd(base), "merged": fwd(merged), "unmerged": fwd(unmerged)}, repeats=repeats)
-    print(f"[2] inference forward, batch {batch} x {seq}: base {t['base'] * 1e3:.2f} ms, "
-          f"merged {t['merged'] * 1e3:.2f} ms, unmerged LoRA {t['unmerged'] * 1e3:.2f} ms")
-    print(f"    ratio merged / base = {t['merged'] / t['base']:.3f}  (target 1.00 +/- 0.05); "
-          f"unmerged / base = {t['unmerged'] / t['base']:.3f}; merged vs unmerged max |diff| {err:.1e}")
+    t = timed({"base": fwd(base), "merged": fwd(merged), "unmerged": fwd(unmerged)}, runs, 3 * block,
+              "[2] forwards")
+    print(f"[2] inference forward, batch {batch} x {seq}: base {ms(t, 'base')}, "
+          f"merged {ms(t, 'merged')}, unmerged LoRA {ms(t, 'unmerged')}")
+    print("    " + ratio_line("merged / base", t.ratio("merged", "base"), "1.00 +/- 0.05"))
+    print("    " + ratio_line("unmerged / base", t.ratio("unmerged", "base")))
+    print(f"    merged vs unmerged outputs: max |diff| {err:.1e}")
 
 
-def peak_training_memory(use_lora: bool) -> dict:
+def peak_training_memory(use_lora: bool, size=SIZES["full"][1]) -> dict:
     """Peak bytes traced while building the model and running two training steps."""
-    n_embd, n_layer, batch, seq = 512, 4, 2, 32
+    n_embd, n_layer, batch, seq = size
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 64, (batch, seq)), rng.integers(0, 64, (batch, seq))
     gc.collect()
@@ -133,7 +146,7 @@ def peak_training_memory(use_lora: bool) -> dict:
     opt = ml.optim.AdamW(model.parameters(), lr=1e-4)
     for _ in range(2):
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x).reshape(y.size, -1), y.reshape(-1))
         loss.backward()
         grads = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
         opt.step()
@@ -142,10 +155,11 @@ def peak_training_memory(use_lora: bool) -> dict:
     return {"peak": peak, "weights": weights, "grads": grads, "optimizer": opt.state_bytes()}
 
 
-def bench_memory() -> None:
-    full, lora = peak_training_memory(False), peak_training_memory(True)
+def bench_memory(size) -> None:
+    full, lora = peak_training_memory(False, size), peak_training_memory(True, size)
     mb = 1 / 2**20
-    print("[3] peak training memory, n_embd 512, 4 layers, batch 2 x 32 (tracemalloc, MiB)")
+    n_embd, n_layer, batch, seq = size
+    print(f"[3] peak training memory, n_embd {n_embd}, {n_layer} layers, batch {batch} x {seq} (tracemalloc, MiB)")
     print(f"    {'':6s} {'peak':>8s} {'weights':>8s} {'grads':>8s} {'AdamW':>8s} {'rest':>8s}")
     for name, m in (("full", full), ("LoRA", lora)):
         rest = m["peak"] - m["weights"] - m["grads"] - m["optimizer"]
@@ -157,15 +171,25 @@ def bench_memory() -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="LoRA cost ratios")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=5, help="runs; each ratio is summarised over them")
+    ap.add_argument("--block", type=int, default=5, help="timed training steps per contender per run")
+    ap.add_argument("--quick", action="store_true", help="tiny models, 2 runs of 2 calls: checks it works")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.block = 2, 2
+    step_size, memory_size = SIZES["quick" if args.quick else "full"]
+    global DEVICE
+    DEVICE = args.device
     ml.set_device(args.device)
-    print(f"device: {args.device}")
-    bench_step(args.repeats)
-    bench_merged_forward(args.repeats)
+    print(f"device: {args.device}; load average {os.getloadavg()[0]:.1f} "
+          "(timings are only fair on an otherwise idle machine)")
+    print(f"timing: {args.runs} runs, each a block of calls per contender after 1 untimed call; "
+          "median over runs (fastest-slowest run)")
+    bench_step(step_size, args.runs, args.block)
+    bench_merged_forward(step_size, args.runs, args.block)
     if args.device == "cpu":          # tracemalloc sees host memory only
-        bench_memory()
+        bench_memory(memory_size)
 
 
 if __name__ == "__main__":

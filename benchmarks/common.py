@@ -1,11 +1,31 @@
-"""Helpers shared by the benchmarks."""
+"""Helpers shared by the benchmarks: fair timing with a progress bar, and how to print it."""
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
-from minilora.timing import alternate  # noqa: F401  (re-exported for the benchmark scripts)
+from minilora.timing_blocks import BlockTimes, Ratio, in_blocks
+
+
+def timed(contenders: dict, runs: int, block: int, label: str, settle: int = 1) -> BlockTimes:
+    """`minilora.timing_blocks.in_blocks` with a progress bar (on stderr, so stdout keeps only results)."""
+    with tqdm(total=runs * len(contenders), desc=label, unit="block", leave=False, file=sys.stderr) as bar:
+        return in_blocks(contenders, runs=runs, block=block, settle=settle, progress=lambda name: bar.update())
+
+
+def ms(t: BlockTimes, name: str) -> str:
+    """'12.3 ms (11.9-13.0)': the median over runs and the fastest and slowest run."""
+    low, high = t.spread(name)
+    return f"{t.median(name) * 1e3:.1f} ms ({low * 1e3:.1f}-{high * 1e3:.1f})"
+
+
+def ratio_line(label: str, r: Ratio, target: str = "") -> str:
+    """One printed ratio: median over runs, its range, and the target if there is one."""
+    tail = f"  (target {target})" if target else ""
+    return f"ratio {label}: {r}{tail}"
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:

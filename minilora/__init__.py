@@ -5,6 +5,8 @@ before it:
 
     backend -> tensor -> functional -> nn -> optim -> model -> lora -> adapters
 """
+import numpy as np
+
 from minilora import backend, functional, nn, optim
 from minilora.backend import get_array_module, set_device, to_numpy
 from minilora.tensor import (
@@ -18,6 +20,19 @@ from minilora.tensor import (
     tensor,
     where,
 )
+from minilora.tensor import (  # PyTorch's names for tensor ops and creation functions
+    arange, cat, chunk, clamp, clip, cumsum, einsum, eye, full, full_like, gather, is_grad_enabled,
+    logsumexp, maximum, minimum, ones, ones_like, prod, rand, rand_like, randn, randn_like, tril,
+    triu, zeros, zeros_like,
+)
+from minilora.tensor import functions_from_methods as _functions_from_methods
+
+# torch.sum(x, 0), torch.exp(x), ...: the methods also as functions, minilora.sum(x, 0)
+for _name, _function in _functions_from_methods().items():
+    globals().setdefault(_name, _function)
+# dtype names as in torch (torch.float32 ...): minilora's dtypes are NumPy's
+float16, float32, float64, int32, int64, bool = (np.float16, np.float32, np.float64, np.int32,
+                                                 np.int64, np.bool_)
 
 from minilora.model import GPT, GPTConfig, load_gpt2, module_shapes
 from minilora.lora import (

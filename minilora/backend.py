@@ -122,6 +122,19 @@ def _add_rows(target, rows, values) -> None:
     target[sorted_rows[starts]] += np.add.reduceat(values[order], starts, axis=0)
 
 
+def erf(array):
+    """The error function erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt, elementwise.
+
+    NumPy has no erf; SciPy's (and CuPy's copy of it on the GPU) is accurate to
+    float64 rounding. Imported here, on first use, so `import minilora` stays fast.
+    """
+    if get_array_module(array) is np:
+        from scipy.special import erf as _erf
+    else:
+        from cupyx.scipy.special import erf as _erf
+    return _erf(array)
+
+
 def synchronize() -> None:
     """Wait for the GPU to finish queued work (GPU calls return early); a no-op on the CPU.
     Timing GPU code without it measures only how fast work is queued."""

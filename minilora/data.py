@@ -48,6 +48,7 @@ import numpy as np
 
 PAD = "_"  # fills a batch row after its example ends; never supervised
 END = "."  # ends every answer, so decoding knows when to stop
+IGNORE = -100  # the target of a position that is not trained (PyTorch's ignore_index)
 
 # PAD comes first so that its id is 0. Digits, then the whole lowercase alphabet
 # (so any three-letter task prefix can be spelled), then the separators.
@@ -240,6 +241,13 @@ def heldout_examples(task_name: str, n: int = 200, seed: int = 0) -> list[tuple[
 # Training batches
 
 
+def _positive_int(owner: str, name: str, value, low: int = 1) -> int:
+    """`value` if it is a whole number >= low (not a bool), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{owner}: {name}={value!r} must be a whole number >= {low}")
+    return int(value)
+
+
 def make_batch(task_names: Sequence[str], batch_size: int, block_size: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A batch for next-token training on a uniform mixture of tasks.
@@ -249,7 +257,8 @@ def make_batch(task_names: Sequence[str], batch_size: int, block_size: int,
     prompt + answer, x = t_0 .. t_{L-2} and y = t_1 .. t_{L-1}: position i is
     trained to predict token i + 1.
 
-    Only the answer is supervised: y is -1 (the "ignore" target) wherever the
+    Only the answer is supervised: y is IGNORE (-100, the ignore_index of
+    cross_entropy, as in PyTorch) wherever the
     token to predict is part of the prompt, and on the padding. The prompt's
     digits are random, so predicting them would teach nothing but noise, and
     the answer is what we score.
@@ -260,8 +269,10 @@ def make_batch(task_names: Sequence[str], batch_size: int, block_size: int,
 
     Returns x, y: int64 arrays of shape (batch_size, T).
     """
-    if len(task_names) == 0:
-        raise ValueError("make_batch needs at least one task name")
+    if isinstance(task_names, str) or len(task_names) == 0:
+        raise ValueError(f"make_batch needs a list of task names, e.g. ['rev'], not {task_names!r}")
+    batch_size = _positive_int("make_batch", "batch_size", batch_size)
+    block_size = _positive_int("make_batch", "block_size", block_size)
     tasks = [get_task(name).name for name in task_names]  # fail early on a bad name
     rows = []
     for choice in rng.integers(0, len(tasks), size=batch_size):
@@ -274,7 +285,7 @@ def make_batch(task_names: Sequence[str], batch_size: int, block_size: int,
                          f"use a block_size of at least {longest - 1}")
     T = longest - 1
     x = np.full((batch_size, T), TOKENIZER.pad_id, dtype=np.int64)
-    y = np.full((batch_size, T), -1, dtype=np.int64)
+    y = np.full((batch_size, T), IGNORE, dtype=np.int64)
     for row, (tokens, prompt_len) in enumerate(rows):
         L = len(tokens)
         x[row, :L - 1] = tokens[:-1]
@@ -290,15 +301,44 @@ def make_batch(task_names: Sequence[str], batch_size: int, block_size: int,
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # idx (B, T) int64 -> logits (B, T, vocab)
 
 
+def greedy_decode(logits_fn: LogitsFn, idx: np.ndarray, max_new_tokens: int,
+                  block_size: int | None = None, stop_id: int | None = None) -> np.ndarray:
+    """Extend each row of idx (B, T) by up to max_new_tokens most likely tokens.
+
+    One token per step for the whole batch: feed the sequences so far (only
+    the last block_size tokens: a model cannot look further back than its
+    context), take the argmax of the last position's logits, append it. Stops
+    early once every row holds stop_id among its new tokens. Returns the longer
+    array (B, T + n), n <= max_new_tokens.
+    """
+    max_new_tokens = _positive_int("greedy_decode", "max_new_tokens", max_new_tokens, low=0)
+    start = idx.shape[1]
+    for _ in range(max_new_tokens):
+        context = idx if block_size is None else idx[:, -block_size:]  # (B, <= block_size)
+        logits = np.asarray(logits_fn(context))
+        if logits.ndim != 3 or logits.shape[:2] != context.shape:
+            raise ValueError(f"logits_fn returned shape {logits.shape} for input {context.shape}; "
+                             f"expected ({context.shape[0]}, {context.shape[1]}, vocab_size)")
+        next_ids = logits[:, -1, :].argmax(axis=-1).astype(np.int64)  # (B,)
+        idx = np.concatenate([idx, next_ids[:, None]], axis=1)  # (B, T + 1)
+        if stop_id is not None and np.all((idx[:, start:] == stop_id).any(axis=1)):
+            break  # every row has finished its answer
+    return idx
+
+
 def complete(logits_fn: LogitsFn, prompts: Sequence[str], max_new_tokens: int,
              block_size: int | None = None, batch_size: int = 256) -> list[str]:
     """Greedy completions of `prompts`, each cut after its first END.
 
-    Prompts of equal length are decoded together, one token per step for the
-    whole batch: feed the sequences so far, take the argmax of the last
-    position's logits, append it. Only the last `block_size` tokens are fed,
-    because a model cannot look further back than its context length.
+    Prompts of equal length are decoded together by `greedy_decode`.
     """
+    if isinstance(prompts, str):
+        raise ValueError(f"complete: prompts must be a list of strings, not one string {prompts!r}; "
+                         f"write [{prompts!r}]")
+    max_new_tokens = _positive_int("complete", "max_new_tokens", max_new_tokens, low=0)
+    batch_size = _positive_int("complete", "batch_size", batch_size)
+    if block_size is not None:
+        block_size = _positive_int("complete", "block_size", block_size)
     results: list[str | None] = [None] * len(prompts)
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
@@ -308,16 +348,7 @@ def complete(logits_fn: LogitsFn, prompts: Sequence[str], max_new_tokens: int,
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             idx = np.array([TOKENIZER.encode(prompts[i]) for i in chunk], dtype=np.int64)  # (B, P)
-            for _ in range(max_new_tokens):
-                context = idx if block_size is None else idx[:, -block_size:]  # (B, <= block_size)
-                logits = np.asarray(logits_fn(context))
-                if logits.ndim != 3 or logits.shape[:2] != context.shape:
-                    raise ValueError(f"logits_fn returned shape {logits.shape} for input {context.shape}; "
-                                     f"expected ({context.shape[0]}, {context.shape[1]}, vocab_size)")
-                next_ids = logits[:, -1, :].argmax(axis=-1).astype(np.int64)  # (B,)
-                idx = np.concatenate([idx, next_ids[:, None]], axis=1)  # (B, T + 1)
-                if np.all((idx[:, length:] == TOKENIZER.end_id).any(axis=1)):
-                    break  # every row has finished its answer
+            idx = greedy_decode(logits_fn, idx, max_new_tokens, block_size, stop_id=TOKENIZER.end_id)
             for row, i in enumerate(chunk):
                 text = TOKENIZER.decode(idx[row, length:])
                 cut = text.find(END)

@@ -1,9 +1,23 @@
-"""Neural-network functions with hand-written (fused) backward rules.
+"""Neural-network functions, spelled as torch.nn.functional: the maths first, the fast path second.
 
-Each of these could be built from the primitives in tensor.py, and the tests
-check that they equal that composition. Writing the forward and backward maths
-out in one place is faster and uses less memory: one closure instead of a chain
-of ten small ones, each holding its own temporary arrays.
+Each op that has a hand-written (fused) backward rule comes in two forms:
+
+* `<op>_reference(...)`: the textbook formula composed from Tensor primitives,
+  one line where possible. Autograd differentiates it for free. Read this one.
+* `<op>(...)`: the same function with its forward and backward maths written
+  out in one closure. One closure instead of a chain of ten small ones means
+  fewer temporary arrays kept alive for backward and fewer passes over memory.
+  The comment `# fused:` above each says what that buys, measured against the
+  reference (forward + backward, float32, one thread, fastest of 60 runs; the
+  range spans repeated runs on a busy shared machine).
+
+tests/test_functional.py checks that every fused op equals its reference in
+values and gradients (float64).
+
+Half precision: float16 has a 5-bit exponent (largest value 65504), so a sum
+of squares of a few hundreds overflows. As PyTorch does, the ops with
+reductions or exponentials (softmax, log_softmax, cross_entropy, layer_norm,
+gelu, attention) compute in float32 and round the result back to float16.
 """
 from __future__ import annotations
 
@@ -12,23 +26,266 @@ import math
 import numpy as np
 
 from minilora import backend
-from minilora.tensor import Tensor, op_result
+from minilora.tensor import Tensor, op_result, where
+
+_REDUCTIONS = ("none", "mean", "sum")
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """y = x @ W^T + b, with W of shape (out, in) as in PyTorch.
+# ----------------------------------------------------------------------------
+# small helpers
 
-    x may have any leading dimensions (batch, time, ...). They are folded into
-    one, so both the forward product and the weight gradient are a single
-    large matrix product rather than a loop of small ones.
+
+def _array(x):
+    """The array behind a Tensor, or `x` made an array on the active device."""
+    if isinstance(x, Tensor):
+        return x.data
+    return x if hasattr(x, "dtype") else backend.xp.asarray(x)
+
+
+def _compute_dtype(dtype):
+    """float16 is computed in float32 (see the module docstring); others as they are."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def _upcast(a):
+    """`a` in its compute dtype (a float32 copy of float16 data, else `a` itself)."""
+    dtype = _compute_dtype(a.dtype)
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+def _dim(dim, ndim: int, fn: str) -> int:
+    """A dimension index made non-negative, or PyTorch's IndexError."""
+    low, high = (-1, 0) if ndim == 0 else (-ndim, ndim - 1)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"{fn}: dim must be an int, got {dim!r}")
+    if not low <= dim <= high:
+        raise IndexError(f"{fn}: dimension out of range (expected to be in range of "
+                         f"[{low}, {high}], but got {dim})")
+    return int(dim) % max(ndim, 1)
+
+
+def _pick_dim(dim, axis, fn: str):
+    """PyTorch's `dim=`, with NumPy's `axis=` accepted as an alias (not both)."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{fn}: pass dim= or its alias axis=, not both")
+        return axis
+    return dim
+
+
+def _check_reduction(reduction: str, fn: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction={reduction!r} is not one of 'none', 'mean', 'sum'")
+
+
+def _require_float(fn: str, *tensors) -> None:
+    """PyTorch refuses integer and bool inputs to these ops; computed in integers they
+    would round every answer (softmax of ints is all zeros), so refuse them too."""
+    for t in tensors:
+        if isinstance(t, Tensor) and t.dtype.kind != "f":
+            raise TypeError(f"{fn}: needs a floating-point tensor, got dtype {t.dtype}; "
+                            "convert first, e.g. x.float()")
+
+
+def _refuse_legacy(fn: str, size_average, reduce) -> None:
+    if size_average is not None or reduce is not None:
+        raise TypeError(f"{fn}: size_average= and reduce= are deprecated in PyTorch and not "
+                        "supported here; use reduction='none' | 'mean' | 'sum'")
+
+
+def _unbroadcast(grad, shape: tuple):
+    """Sum `grad` down to `shape`: the gradient of an input that was broadcast."""
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=stretched, keepdims=True) if stretched else grad
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+# ----------------------------------------------------------------------------
+# activations (elementwise)
+
+
+def _refuse_inplace(fn: str, inplace: bool) -> None:
+    if inplace:
+        raise NotImplementedError(f"{fn}: inplace=True is not supported; minilora never "
+                                  "overwrites a tensor that the graph may still need")
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """max(x, 0). The gradient is 0 where x <= 0 and passes elsewhere, NaN included (as PyTorch)."""
+    _refuse_inplace("relu", inplace)
+    xp = backend.get_array_module(input.data)
+    off = input.data <= 0
+    y = xp.where(off, xp.zeros((), input.dtype), input.data)
+
+    def _backward(out):
+        input._add_grad(xp.where(off, xp.zeros((), out.grad.dtype), out.grad))
+
+    return op_result(y, (input,), _backward, "relu")
+
+
+def tanh(input: Tensor) -> Tensor:
+    return input.tanh()
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    """1 / (1 + exp(-x))."""
+    return input.sigmoid()
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """x * sigmoid(x) (also called swish)."""
+    _refuse_inplace("silu", inplace)
+    _require_float("silu", input)
+    return input * input.sigmoid()
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """x where x > 0, else negative_slope * x (the gradient at 0 is negative_slope, as PyTorch)."""
+    _refuse_inplace("leaky_relu", inplace)
+    _require_float("leaky_relu", input)
+    return where(input.data > 0, input, input * negative_slope)
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as PyTorch).
+
+    Above the threshold the two agree to float precision, and exp would overflow.
     """
-    in_features = weight.shape[1]
-    if x.shape[-1] != in_features:
+    if beta == 0:
+        raise ValueError("softplus: beta must be non-zero")
+    _require_float("softplus", input)
+    xp = backend.get_array_module(input.data)
+    bx = input.data * beta
+    linear_part = bx > threshold
+    with np.errstate(over="ignore"):
+        y = xp.where(linear_part, input.data, xp.log1p(xp.exp(bx)) / beta)
+
+    def _backward(out):      # d/dx = sigmoid(beta x), 1 in the linear part
+        with np.errstate(over="ignore"):
+            s = 1 / (1 + xp.exp(-bx))
+        x_grad = xp.where(linear_part, out.grad, out.grad * s)
+        input._add_grad(x_grad.astype(input.dtype, copy=False))
+
+    return op_result(y.astype(input.dtype, copy=False), (input,), _backward, "softplus")
+
+
+def erf(input: Tensor) -> Tensor:
+    """erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt; d/dx = 2/sqrt(pi) exp(-x^2)."""
+    if input.dtype.kind != "f":                         # as torch.erf: integers give float32
+        input = input.astype(np.float32)
+    xp = backend.get_array_module(input.data)
+    a = _upcast(input.data)
+    y = backend.erf(a).astype(input.dtype, copy=False)
+
+    def _backward(out):
+        input._add_grad((out.grad * (2 / math.sqrt(math.pi)) * xp.exp(-a * a)).astype(input.dtype, copy=False))
+
+    return op_result(y, (input,), _backward, "erf")
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_K = 0.044715
+
+
+def gelu_reference(x: Tensor, approximate: str = "none") -> Tensor:
+    """x * Phi(x), Phi the standard normal CDF; "tanh": GPT-2's approximation of it."""
+    if approximate == "tanh":
+        return 0.5 * x * (1 + ((x + _GELU_K * x ** 3) * _GELU_C).tanh())
+    return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
+
+
+# fused: forward + backward 4-10x faster than gelu_reference(x, "tanh") at (2048, 512), float32,
+# 1 thread (range over runs on a shared machine); the exact form gains only 1.05-1.6x (erf dominates)
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """GELU(x) = x * Phi(x), Phi(x) = (1 + erf(x / sqrt(2))) / 2, the normal CDF.
+
+    approximate="tanh" (GPT-2's choice): Phi(x) ~ (1 + tanh(u)) / 2 with
+    u = sqrt(2/pi) (x + 0.044715 x^3). PyTorch's default is "none" (exact).
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate={approximate!r} must be 'none' or 'tanh'")
+    _require_float("gelu", input)
+    if approximate == "none":
+        return _gelu_erf(input)
+    xp = backend.get_array_module(input.data)
+    a = _upcast(input.data)
+    # (1 + tanh(u)) / 2 = sigmoid(2u), and exp is about twice as fast as tanh in NumPy,
+    # so Phi is computed as s = 1 / (1 + exp(-2u)). Each line works in place on s,
+    # so no temporary array is made; `-2u = x (-2c - 2ck x^2)`.
+    a2 = a * a                                          # x^2, kept for backward
+    s = xp.asarray(a2 * (-2 * _GELU_C * _GELU_K))       # -2ck x^2   (asarray: 0-d stays an array)
+    s -= 2 * _GELU_C                                    # -2c - 2ck x^2
+    s *= a                                              # -2u
+    with np.errstate(over="ignore"):                    # x < -10: exp -> inf, s -> 0, the right limit
+        xp.exp(s, out=s)                                # exp(-2u)
+    s += 1.0
+    xp.reciprocal(s, out=s)                             # s = sigmoid(2u) = Phi(x), approximately
+    y = (a * s).astype(input.dtype, copy=False)
+
+    def _backward(out):
+        # d/dx [x s] = s + x s'   with  s' = 2 s (1 - s) du/dx,  du/dx = c (1 + 3k x^2)
+        # so  dy/dx = s (1 + x (1 - s) 2c (1 + 3k x^2)), built in place the same way.
+        d = a2 * (2 * 3 * _GELU_K * _GELU_C)            # 2c 3k x^2
+        d += 2 * _GELU_C                                # 2c (1 + 3k x^2)
+        d *= a
+        d *= 1.0 - s                                    # x (1 - s) 2c (1 + 3k x^2)
+        d += 1.0
+        d *= s
+        d *= out.grad
+        input._add_grad(d.astype(input.dtype, copy=False))
+
+    return op_result(y, (input,), _backward, "gelu")
+
+
+def _gelu_erf(input: Tensor) -> Tensor:
+    xp = backend.get_array_module(input.data)
+    a = _upcast(input.data)
+    phi_cdf = 0.5 * (1.0 + backend.erf(a * (1 / math.sqrt(2))))      # Phi(x)
+    y = (a * phi_cdf).astype(input.dtype, copy=False)
+
+    def _backward(out):      # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the normal density
+        density = xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
+        input._add_grad((out.grad * (phi_cdf + a * density)).astype(input.dtype, copy=False))
+
+    return op_result(y, (input,), _backward, "gelu")
+
+
+# ----------------------------------------------------------------------------
+# linear and embedding
+
+
+def linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x W^T + b."""
+    return x @ weight.T if bias is None else x @ weight.T + bias
+
+
+# fused: forward + backward 1.2-1.4x faster than linear_reference at (32, 64, 512) -> 512
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch.
+
+    The leading dimensions of x (batch, time, ...) are folded into one, so the
+    forward product and the weight gradient are each one large matrix product
+    rather than a batch of small ones followed by a sum over the batch.
+    """
+    x = input
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
+    out_features, in_features = weight.shape
+    if x.ndim == 0 or x.shape[-1] != in_features:
         raise ValueError(
-            f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the weight "
-            f"{weight.shape} expects {in_features}; the last dimension of the input must "
-            "equal the layer's in_features."
+            f"linear: input has shape {x.shape} but the weight {weight.shape} expects "
+            f"{in_features} features; the last dimension of the input must equal in_features."
         )
+    if bias is not None and bias.shape != (out_features,):
+        raise ValueError(f"linear: bias has shape {bias.shape}, expected ({out_features},)")
     lead = x.shape[:-1]
     x2 = x.data.reshape(-1, in_features)                 # [N, in]
     y2 = x2 @ weight.data.T                              # [N, in] @ [in, out] -> [N, out]
@@ -37,25 +294,42 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     parents = (x, weight) if bias is None else (x, weight, bias)
 
     def _backward(out):
-        g2 = out.grad.reshape(-1, weight.shape[0])       # [N, out]
+        g2 = out.grad.reshape(-1, out_features)          # [N, out]
         if x.requires_grad:                              # dx = g W      [N, out] @ [out, in]
             x._add_grad((g2 @ weight.data).reshape(x.shape))
         if weight.requires_grad:                         # dW = g^T x    [out, N] @ [N, in]
             weight._add_grad(g2.T @ x2)
-        if bias is not None and bias.requires_grad:      # db = sum of g over all rows, as 1^T g
+        if bias is not None and bias.requires_grad:      # db = column sums of g, as 1^T g (BLAS)
             xp = backend.get_array_module(g2)
             bias._add_grad(xp.ones(g2.shape[0], dtype=g2.dtype) @ g2)
 
-    return op_result(y2.reshape(*lead, weight.shape[0]), parents, _backward, "linear")
+    return op_result(y2.reshape(*lead, out_features), parents, _backward, "linear")
 
 
-def embedding(weight: Tensor, ids) -> Tensor:
-    """Rows of `weight` picked by integer `ids`: (...,) ints -> (..., dim).
+def embedding_reference(input, weight: Tensor) -> Tensor:
+    """Row lookup as maths: one_hot(ids) @ W."""
+    return one_hot(input, weight.shape[0]).astype(weight.dtype) @ weight
+
+
+# fused: never builds the (N, num_embeddings) one-hot matrix: O(N D) work instead of O(N V D)
+# (forward + backward 8-23x faster than embedding_reference, 2048 ids into a (1000, 128) table)
+def embedding(input, weight: Tensor, padding_idx: int | None = None, max_norm=None,
+              norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
+    """Rows of `weight` (num_embeddings, dim) picked by integer ids: (...) ints -> (..., dim).
 
     The gradient adds each output row back into the row it came from; a token
-    that appears twice gets both contributions (scatter-add).
+    that appears twice gets both contributions (scatter-add). `padding_idx`'s
+    row gets no gradient, as in PyTorch. The older order embedding(weight, ids)
+    is accepted too: exactly one of the two arguments is a float table.
     """
-    ids = ids.data if isinstance(ids, Tensor) else backend.xp.asarray(ids)
+    if isinstance(input, Tensor) and input.dtype.kind == "f" and not (
+            isinstance(weight, Tensor) and weight.dtype.kind == "f"):
+        input, weight = weight, input                    # embedding(weight, ids), the older order
+    if max_norm is not None or scale_grad_by_freq or sparse:
+        raise NotImplementedError("embedding: max_norm, scale_grad_by_freq and sparse are not supported")
+    if not isinstance(weight, Tensor) or weight.ndim != 2:
+        raise ValueError("embedding: weight must be a 2-D Tensor (num_embeddings, embedding_dim)")
+    ids = _array(input)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     num = weight.shape[0]
@@ -63,237 +337,630 @@ def embedding(weight: Tensor, ids) -> Tensor:
         bad = int(ids.max()) if int(ids.max()) >= num else int(ids.min())
         raise IndexError(f"embedding: id {bad} is outside the table of {num} rows "
                          f"(valid ids are 0..{num - 1}); check the tokenizer's vocab_size.")
+    if padding_idx is not None:
+        padding_idx = _dim(padding_idx, num, "embedding (padding_idx)")
     out_data = weight.data[ids]                          # [...] -> [..., dim]
 
     def _backward(out):
         xp = backend.get_array_module(out.grad)
         g = xp.zeros_like(weight.data)
         backend.scatter_add(g, ids.reshape(-1), out.grad.reshape(-1, weight.shape[1]))
+        if padding_idx is not None:
+            g[padding_idx] = 0
         weight._add_grad(g)
 
     return op_result(out_data, (weight,), _backward, "embedding")
 
 
-def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """exp(x) / sum(exp(x)) along `axis`, shifted by the max so exp cannot overflow."""
-    xp = backend.get_array_module(x.data)
-    e = xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
-    y = e / e.sum(axis=axis, keepdims=True)
-
-    def _backward(out):
-        # Jacobian-vector product of softmax: dx = y * (g - sum(g * y))
-        g = out.grad
-        x._add_grad(y * (g - (g * y).sum(axis=axis, keepdims=True)))
-
-    return op_result(y, (x,), _backward, "softmax")
-
-
-def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """x - log(sum(exp(x))) along `axis`, computed stably."""
-    xp = backend.get_array_module(x.data)
-    shifted = x.data - x.data.max(axis=axis, keepdims=True)
-    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-
-    def _backward(out):
-        # dx = g - softmax(x) * sum(g)
-        g = out.grad
-        x._add_grad(g - xp.exp(y) * g.sum(axis=axis, keepdims=True))
-
-    return op_result(y, (x,), _backward, "log_softmax")
+def one_hot(tensor, num_classes: int = -1) -> Tensor:
+    """(...) integer classes -> (...,  num_classes) int64 of zeros with a 1 at each class."""
+    ids = _array(tensor)
+    xp = backend.get_array_module(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: needs an integer (index) tensor, got dtype {ids.dtype}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"one_hot: num_classes must be an int, got {num_classes!r}")
+    if num_classes == -1:
+        if ids.size == 0:
+            raise ValueError("one_hot: cannot infer the number of classes from an empty tensor; "
+                             "pass num_classes")
+        num_classes = int(ids.max()) + 1
+    if num_classes < 0:
+        raise ValueError(f"one_hot: num_classes={num_classes} must be -1 or non-negative")
+    if ids.size and int(ids.min()) < 0:
+        raise ValueError(f"one_hot: class values must be non-negative, got {int(ids.min())}")
+    if ids.size and int(ids.max()) >= num_classes:
+        raise ValueError(f"one_hot: class {int(ids.max())} is not below num_classes={num_classes}")
+    out = (ids[..., None] == xp.arange(num_classes)).astype(np.int64)
+    return Tensor(out)
 
 
-def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
-    """Mean negative log-likelihood of integer `targets` under softmax(`logits`).
+# ----------------------------------------------------------------------------
+# softmax and log_softmax
 
-    logits (..., C) float, targets (...) int; positions whose target equals
-    `ignore_index` do not count (PyTorch's convention, default -100).
-    The gradient is the classic (softmax - one_hot) / N.
+
+def _row_max(x: Tensor, dim: int) -> Tensor:
+    """max of x along dim, as a constant. softmax(x - m) = softmax(x) for any m, so m
+    needs no gradient; m = the max keeps every exponent <= 0, so exp cannot overflow."""
+    return Tensor(x.data.max(axis=dim, keepdims=True))
+
+
+def softmax_reference(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x_i) / sum_j exp(x_j)."""
+    e = (x - _row_max(x, dim)).exp()
+    return e / e.sum(dim, keepdims=True)
+
+
+def log_softmax_reference(x: Tensor, dim: int = -1) -> Tensor:
+    """x_i - log sum_j exp(x_j)."""
+    shifted = x - _row_max(x, dim)
+    return shifted - shifted.exp().sum(dim, keepdims=True).log()
+
+
+def _softmax_dim(input: Tensor, dim, axis, fn: str) -> int:
+    dim = _pick_dim(dim, axis, fn)
+    if dim is None:
+        # PyTorch guesses a dim (with a deprecation warning); its guess is the last one
+        # only for 0-, 1- and 2-D inputs, so only there can we take the same default.
+        if input.ndim > 2:
+            raise TypeError(f"{fn}: pass dim= (PyTorch's implicit choice for a {input.ndim}-D "
+                            "input is dim 0, which is rarely meant; say which)")
+        dim = -1
+    return _dim(dim, input.ndim, fn)
+
+
+def _max_or_zero(a, dim: int):
+    """max along dim (kept as size 1); 0 for an empty array, which has no max to shift by."""
+    return a.max(axis=dim, keepdims=True) if a.size else 0
+
+
+def _cast_input(input: Tensor, dtype) -> Tensor:
+    return input if dtype is None or input.dtype == np.dtype(dtype) else input.astype(dtype)
+
+
+# fused: forward + backward 1.7-7x faster than softmax_reference at (32, 64, 512)
+def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+            axis: int | None = None) -> Tensor:
+    """softmax(x)_i = exp(x_i) / sum_j exp(x_j) along `dim` (`axis=` is an alias).
+
+    exp(x_i - m) / sum_j exp(x_j - m) is the same for any m; m = max_j x_j keeps
+    every exponent <= 0, so nothing overflows.
     """
-    xp = backend.get_array_module(logits.data)
-    # Targets are checked where they are: host data (a batch from data.make_batch)
-    # is checked before it is copied over, so a GPU run does not stop to wait here.
-    targets = targets.data if isinstance(targets, Tensor) else targets
-    targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
-    num_classes = logits.shape[-1]
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets have shape {tuple(targets.shape)} but logits "
-                         f"{logits.shape} need targets of shape {logits.shape[:-1]} "
-                         "(one class index per row of logits).")
-    if targets.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: targets must be integer class indices, got {targets.dtype}")
-    t = targets.reshape(-1)                              # [N]
+    dim = _softmax_dim(input, dim, axis, "softmax")
+    input = _cast_input(input, dtype)
+    _require_float("softmax", input)
+    xp = backend.get_array_module(input.data)
+    a = _upcast(input.data)
+    if a.ndim == 0:                                     # one element: softmax is 1
+        a = a.reshape(1)
+    e = xp.exp(a - _max_or_zero(a, dim))
+    y = e / e.sum(axis=dim, keepdims=True)
+
+    def _backward(out):
+        # Jacobian-vector product: dx = y * (g - sum(g * y))
+        g = _upcast(out.grad).reshape(y.shape)
+        dx = y * (g - (g * y).sum(axis=dim, keepdims=True))
+        input._add_grad(dx.reshape(input.shape).astype(input.dtype, copy=False))
+
+    return op_result(y.reshape(input.shape).astype(input.dtype, copy=False), (input,), _backward, "softmax")
+
+
+# fused: about as fast as log_softmax_reference (0.8-1.5x across runs at (32, 64, 512)); it buys
+# one closure instead of a chain of five ops
+def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+                axis: int | None = None) -> Tensor:
+    """log_softmax(x)_i = x_i - log sum_j exp(x_j) along `dim` (`axis=` is an alias)."""
+    dim = _softmax_dim(input, dim, axis, "log_softmax")
+    input = _cast_input(input, dtype)
+    _require_float("log_softmax", input)
+    xp = backend.get_array_module(input.data)
+    a = _upcast(input.data)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    shifted = a - _max_or_zero(a, dim)
+    e = xp.exp(shifted)                                 # kept: softmax = e / sum(e), for backward
+    sum_e = e.sum(axis=dim, keepdims=True)
+    y = shifted - xp.log(sum_e)
+
+    def _backward(out):      # dx = g - softmax(x) * sum(g)
+        g = _upcast(out.grad).reshape(y.shape)
+        dx = g - e * (g.sum(axis=dim, keepdims=True) / sum_e)
+        input._add_grad(dx.reshape(input.shape).astype(input.dtype, copy=False))
+
+    return op_result(y.reshape(input.shape).astype(input.dtype, copy=False), (input,), _backward, "log_softmax")
+
+
+# ----------------------------------------------------------------------------
+# classification losses
+
+
+def _move_axis(x: Tensor, source: int, destination: int) -> Tensor:
+    """x with axis `source` moved to `destination` (a differentiable np.moveaxis)."""
+    if source % x.ndim == destination % x.ndim:
+        return x
+    xp = backend.get_array_module(x.data)
+
+    def _backward(out):
+        x._add_grad(xp.moveaxis(out.grad, destination, source))
+
+    return op_result(xp.moveaxis(x.data, source, destination), (x,), _backward, "moveaxis")
+
+
+def _classes_last(input: Tensor, target_shape: tuple, fn: str) -> Tensor:
+    """The input with its class dimension last: PyTorch puts it at dim 1 for (N, C, d1, ...).
+
+    minilora also takes (..., C) with targets (...) (a GPT's (B, T, V) logits), which
+    PyTorch would refuse; when a shape fits both readings we cannot tell which is
+    meant and ask for the unambiguous (N, C) form instead of guessing.
+    """
+    shape = input.shape
+    if input.ndim <= 2:
+        expected = shape[:1] if input.ndim == 2 else ()
+        if target_shape != expected:
+            raise ValueError(f"{fn}: input of shape {shape} needs a target of shape {expected}, "
+                             f"got {target_shape}")
+        return input
+    torch_layout = target_shape == shape[:1] + shape[2:]       # (N, C, d1, ...) -> (N, d1, ...)
+    last_layout = target_shape == shape[:-1]                   # (..., C) -> (...)
+    if torch_layout and last_layout:
+        raise ValueError(
+            f"{fn}: input {shape} with target {target_shape} is ambiguous: PyTorch reads the "
+            "classes at dim 1, minilora also accepts them last. Flatten to the unambiguous form: "
+            f"{fn}(input.reshape(-1, C), target.reshape(-1)) with C the number of classes.")
+    if torch_layout:
+        return _move_axis(input, 1, -1)
+    if last_layout:
+        return input
+    raise ValueError(f"{fn}: input of shape {shape} needs a target of shape "
+                     f"{shape[:1] + shape[2:]} (classes at dim 1, as PyTorch) or {shape[:-1]} "
+                     f"(classes last), got {target_shape}")
+
+
+def _class_targets(input: Tensor, target, ignore_index: int, fn: str):
+    """Check integer class targets against the input; returns (input classes-last, targets, valid)."""
+    # Targets are checked where they are: host data (a batch from data.make_batch) is
+    # checked before it is copied over, so a GPU run does not stop to wait here.
+    t = target.data if isinstance(target, Tensor) else target
+    t = t if hasattr(t, "dtype") else np.asarray(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: targets must be integer class indices, got {t.dtype}")
+    x = _classes_last(input, tuple(t.shape), fn)
+    num_classes = x.shape[-1] if x.ndim else 1
+    t = t.reshape(-1)                                    # [N]
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= num_classes))
     if bool(bad.any()):
-        value = int(t[bad][0])
-        raise IndexError(f"cross_entropy: target {value} is outside the {num_classes} classes "
+        raise IndexError(f"{fn}: target {int(t[bad][0])} is outside the {num_classes} classes "
                          f"(valid targets are 0..{num_classes - 1}, or ignore_index={ignore_index}).")
-    count = int(valid.sum())
-    if count == 0:
-        raise ValueError(f"cross_entropy: every target equals ignore_index={ignore_index}, "
-                         "so there is nothing to average; check the batch's targets.")
-    t, valid = xp.asarray(t), xp.asarray(valid)         # onto the logits' device
-    x = logits.data.reshape(-1, num_classes)             # [N, C]
+    return x, t, valid
+
+
+def _class_weight(weight, num_classes: int, fn: str, xp=np):
+    """Per-class weights as an array on the logits' device (module xp), or None."""
+    if weight is None:
+        return None
+    w = xp.asarray(_array(weight))
+    if tuple(w.shape) != (num_classes,):
+        raise ValueError(f"{fn}: weight must have shape ({num_classes},), one per class, got {tuple(w.shape)}")
+    return w
+
+
+def nll_loss(input: Tensor, target, weight=None, size_average=None, ignore_index: int = -100,
+             reduce=None, reduction: str = "mean") -> Tensor:
+    """-w[t] * input[t] per row, input holding log-probabilities (N, C) (or (N, C, d1, ...)).
+
+    "mean" divides by the sum of the weights of the targets that are not ignored.
+    """
+    _refuse_legacy("nll_loss", size_average, reduce)
+    _require_float("nll_loss", input)
+    _check_reduction(reduction, "nll_loss")
+    x, t, valid = _class_targets(input, target, ignore_index, "nll_loss")
+    out_shape = tuple(np.shape(target))
+    xp = backend.get_array_module(x.data)
+    num_classes = x.shape[-1]
+    w = _class_weight(weight, num_classes, "nll_loss", xp)
+    valid_host = valid
+    t, valid = xp.asarray(t), xp.asarray(valid)
     t_safe = xp.where(valid, t, 0)
-    rows = xp.arange(x.shape[0])
-    shifted = x - x.max(axis=1, keepdims=True)           # stable for large logits
-    log_z = xp.log(xp.exp(shifted).sum(axis=1))          # [N]
-    nll = log_z - shifted[rows, t_safe]                  # -log p(target)
-    loss = (nll * valid).sum() / count
+    w_rows = valid.astype(x.dtype, copy=False) if w is None else xp.where(valid, w[t_safe], 0).astype(x.dtype, copy=False)
+    picked = x.reshape(-1, num_classes)[xp.arange(t.size), t_safe]      # input[i, t_i], [N]
+    loss = -(picked * Tensor(w_rows))
+    if reduction == "none":
+        return loss.reshape(out_shape)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / _mean_denominator(valid_host, None if w is None else w_rows, "nll_loss", ignore_index)
+
+
+def _mean_denominator(valid, w_rows, fn: str, ignore_index: int) -> float:
+    """What "mean" divides by: the count of rows that are not ignored (the host mask, so a
+    GPU run need not wait here), or their summed class weight when there are weights."""
+    total = float(valid.sum()) if w_rows is None else float(w_rows.sum())
+    if total == 0:
+        raise ValueError(f"{fn}: every target is ignored (ignore_index={ignore_index}), has zero "
+                         "weight, or the batch is empty, so reduction='mean' divides by zero "
+                         "(PyTorch returns nan); check the targets or use reduction='sum'.")
+    return total
+
+
+def cross_entropy_reference(logits: Tensor, target, label_smoothing: float = 0.0) -> Tensor:
+    """mean over rows of -sum_c q_c log softmax(logits)_c, with q = (1 - e) one_hot(t) + e / C.
+
+    Logits (N, C), targets (N,) integers; no ignored rows, no class weights.
+    """
+    num_classes = logits.shape[-1]
+    q = one_hot(target, num_classes).astype(logits.dtype) * (1 - label_smoothing) + label_smoothing / num_classes
+    return -(q * log_softmax_reference(logits)).sum(-1).mean()
+
+
+# fused: forward + backward 1.3-1.4x faster than cross_entropy_reference at (2048, 64), with no
+# (N, C) one-hot matrix, plus ignore_index, weights and reductions; the gradient is (softmax - q) / N
+def cross_entropy(input: Tensor, target, weight=None, size_average=None, ignore_index: int = -100,
+                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of class targets under softmax(input), as torch.nn.functional.cross_entropy.
+
+    With p = softmax(x) over the classes, C classes, smoothing e and weights w
+    (all 1 by default), each row that is not ignored has the loss
+
+        (1 - e) * w[t] * (-log p[t])  +  (e / C) * sum_c w[c] * (-log p[c])
+
+    and an ignored row (target == ignore_index) has 0. "mean" divides the sum by
+    sum of w[t] over the rows not ignored (their count without weights).
+
+    input is (N, C) or (N, C, d1, ...) as in PyTorch, or (..., C) with targets (...).
+    target holds class indices (integers) or, with the input's shape, class
+    probabilities (floats; no ignore_index then; "mean" divides by the number of rows N d1 ...).
+    """
+    _refuse_legacy("cross_entropy", size_average, reduce)
+    _require_float("cross_entropy", input)
+    _check_reduction(reduction, "cross_entropy")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing={label_smoothing} must be in [0, 1]")
+    t_raw = target.data if isinstance(target, Tensor) else target
+    if getattr(t_raw, "dtype", np.asarray(t_raw).dtype).kind == "f":
+        return _cross_entropy_probs(input, target, weight, reduction, label_smoothing)
+    x, t, valid = _class_targets(input, target, ignore_index, "cross_entropy")
+    out_shape = tuple(np.shape(t_raw))
+    xp = backend.get_array_module(x.data)
+    num_classes = x.shape[-1]
+    w = _class_weight(weight, num_classes, "cross_entropy", xp)
+    valid_host = valid
+    t, valid = xp.asarray(t), xp.asarray(valid)          # onto the logits' device
+    a = _upcast(x.data).reshape(-1, num_classes)         # [N, C]
+    cdt = a.dtype
+    w = None if w is None else _upcast(w).astype(cdt)
+    n = a.shape[0]
+    rows = xp.arange(n)
+    t_safe = xp.where(valid, t, 0)
+    w_rows = valid.astype(cdt) if w is None else xp.where(valid, w[t_safe], 0).astype(cdt)   # w[t], 0 if ignored
+    e = float(label_smoothing)
+
+    shifted = a - a.max(axis=1, keepdims=True) if n else a   # stable for large logits
+    log_z = xp.log(xp.exp(shifted).sum(axis=1))          # [N], log sum_c exp
+    nll = log_z - shifted[rows, t_safe]                  # -log p[t], [N]
+    loss_rows = (1 - e) * w_rows * nll                   # [N]
+    if e > 0:                                            # sum_c w[c] (-log p[c]) = log_z sum(w) - shifted @ w
+        w_sum = num_classes if w is None else w.sum()
+        smooth = log_z * w_sum - (shifted.sum(axis=1) if w is None else shifted @ w)
+        loss_rows = loss_rows + (e / num_classes) * smooth * valid
+    if reduction == "none":
+        loss = loss_rows.reshape(out_shape)
+        row_scale = None
+    elif reduction == "sum":
+        loss, row_scale = loss_rows.sum(), 1.0
+    else:
+        row_scale = 1.0 / _mean_denominator(valid_host, None if w is None else w_rows, "cross_entropy",
+                                            ignore_index)
+        loss = loss_rows.sum() * row_scale
 
     def _backward(out):
-        probs = xp.exp(shifted - log_z[:, None])         # softmax, [N, C]
-        probs[rows, t_safe] -= 1                          # softmax - one_hot
-        probs *= (valid * (out.grad / count))[:, None].astype(probs.dtype)
-        logits._add_grad(probs.reshape(logits.shape))
+        # Each row's loss is -sum_c q_c log p_c with q_c = (1 - e) w[t] [c = t] + (e / C) w[c]
+        # (times valid), and d/dx_c of it is p_c * sum(q) - q_c.
+        g = _upcast(out.grad)
+        g_rows = g.reshape(-1) if row_scale is None else xp.full(n, g * row_scale, dtype=cdt)
+        g_rows = g_rows * valid
+        q_sum = (1 - e) * w_rows + (e / num_classes) * (num_classes if w is None else w.sum()) * valid
+        grad = xp.exp(shifted - log_z[:, None])          # p, [N, C]
+        grad *= (g_rows * q_sum)[:, None]
+        grad[rows, t_safe] -= (1 - e) * w_rows * g_rows
+        if e > 0:
+            grad -= (e / num_classes) * g_rows[:, None] * (1.0 if w is None else w[None, :])
+        x._add_grad(grad.reshape(x.shape).astype(x.dtype, copy=False))
 
-    return op_result(xp.asarray(loss, dtype=x.dtype), (logits,), _backward, "cross_entropy")
+    return op_result(xp.asarray(loss, dtype=cdt).astype(x.dtype, copy=False), (x,), _backward, "cross_entropy")
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
-                     training: bool = False) -> Tensor:
-    """softmax(q k^T / sqrt(D), future masked) v, for q, k, v of shape (B, H, T, D).
+def _cross_entropy_probs(input, target, weight, reduction, label_smoothing) -> Tensor:
+    """Cross-entropy against class probabilities: -sum_c w[c] q[c] log p[c] per row."""
+    target = target if isinstance(target, Tensor) else Tensor(_array(target))
+    if target.shape != input.shape:
+        raise TypeError(f"cross_entropy: targets must be integer class indices, or class "
+                        f"probabilities of the input's shape {input.shape}; got {target.dtype} "
+                        f"of shape {target.shape}")
+    class_dim = 1 if input.ndim >= 2 else 0
+    num_classes = input.shape[class_dim]
+    logp = log_softmax(input, dim=class_dim)
+    q = target * (1 - label_smoothing) + label_smoothing / num_classes if label_smoothing else target
+    w = _class_weight(weight, num_classes, "cross_entropy")
+    if w is not None:
+        shape = [1] * input.ndim
+        shape[class_dim] = num_classes
+        q = q * Tensor(w.reshape(shape))
+    loss = -(q * logp).sum(class_dim)
+    if reduction == "mean" and input.ndim >= 2:      # PyTorch divides by the number of rows,
+        rows = input.size // num_classes if num_classes else 0      # N d1 d2 ..., as the mean of loss
+        if rows == 0:
+            raise ValueError("cross_entropy: the batch is empty, so reduction='mean' divides by zero "
+                             "(PyTorch returns nan); use reduction='sum'")
+        return loss.sum() * (1.0 / rows)
+    return _reduce(loss, reduction)
 
-    The composition (matmul, scale, masked_fill, softmax, matmul) would keep five
-    (B, H, T, T) arrays alive for backward; this keeps one, the attention
-    weights P, and writes the chain rule for the whole block out below.
+
+def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, size_average=None,
+                                     reduce=None, reduction: str = "mean", pos_weight=None) -> Tensor:
+    """-w [pw y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))], elementwise, then reduced.
+
+    Written stably as  w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)], since
+    log sigmoid(x) = -softplus(-x) and log(1 - sigmoid(x)) = -x - softplus(-x).
     """
+    _refuse_legacy("binary_cross_entropy_with_logits", size_average, reduce)
+    _require_float("binary_cross_entropy_with_logits", input)
+    _check_reduction(reduction, "binary_cross_entropy_with_logits")
+    target = target if isinstance(target, Tensor) else Tensor(_array(target))
+    if target.shape != input.shape:
+        raise ValueError(f"binary_cross_entropy_with_logits: target shape {target.shape} must "
+                         f"equal the input shape {input.shape}")
+    softplus_neg = _log1p_exp(-input)                     # softplus(-x), exact for any x
+    if pos_weight is None:
+        loss = (1 - target) * input + softplus_neg
+    else:
+        pw = pos_weight if isinstance(pos_weight, Tensor) else Tensor(_array(pos_weight))
+        loss = (1 - target) * input + (1 + (pw - 1) * target) * softplus_neg
+    if weight is not None:
+        loss = loss * (weight if isinstance(weight, Tensor) else Tensor(_array(weight)))
+    return _reduce(loss, reduction)
+
+
+def _log1p_exp(z: Tensor) -> Tensor:
+    """log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""
+    xp = backend.get_array_module(z.data)
+    y = xp.maximum(z.data, 0) + xp.log1p(xp.exp(-xp.abs(z.data)))
+
+    def _backward(out):      # d/dz = sigmoid(z), written so exp cannot overflow
+        e = xp.exp(-xp.abs(z.data))
+        s = xp.where(z.data >= 0, 1 / (1 + e), e / (1 + e))
+        z._add_grad(out.grad * s)
+
+    return op_result(y, (z,), _backward, "log1p_exp")
+
+
+def mse_loss(input: Tensor, target, size_average=None, reduce=None, reduction: str = "mean",
+             weight=None) -> Tensor:
+    """(x - y)^2 elementwise, then reduced ("mean" over every element)."""
+    _refuse_legacy("mse_loss", size_average, reduce)
+    _require_float("mse_loss", input)
+    _check_reduction(reduction, "mse_loss")
+    if weight is not None:
+        raise NotImplementedError("mse_loss: weight= is not supported")
+    target = target if isinstance(target, Tensor) else Tensor(_array(target))
+    try:
+        np.broadcast_shapes(input.shape, target.shape)
+    except ValueError:
+        raise ValueError(f"mse_loss: input {input.shape} and target {target.shape} cannot be "
+                         "broadcast together") from None
+    diff = input - target
+    return _reduce(diff * diff, reduction)
+
+
+# ----------------------------------------------------------------------------
+# layer normalisation
+
+
+def _normalized_dims(input_shape: tuple, normalized_shape, fn: str) -> int:
+    """How many trailing dims to normalise, after checking they match `normalized_shape`."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0 for d in shape):
+        raise ValueError(f"{fn}: normalized_shape must be a positive int or a non-empty list of "
+                         f"them, got {normalized_shape!r}")
+    if tuple(input_shape[len(input_shape) - len(shape):]) != shape or len(input_shape) < len(shape):
+        raise ValueError(f"{fn}: input of shape {tuple(input_shape)} does not end with "
+                         f"normalized_shape {shape}")
+    return len(shape)
+
+
+def layer_norm_reference(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+                         eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * w + b over the last dim (biased variance)."""
+    xc = x - x.mean(-1, keepdims=True)
+    y = xc / ((xc * xc).mean(-1, keepdims=True) + eps).sqrt()
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+# fused: forward + backward 2-8x faster than layer_norm_reference at (32, 64, 128)
+def layer_norm(input: Tensor, normalized_shape=None, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, over the trailing
+    `normalized_shape` dims (variance biased: divided by D, not D - 1).
+
+    As torch.nn.functional.layer_norm; the older call layer_norm(x, weight, bias, eps)
+    (normalising the last dim) is accepted too, since a Tensor or None is never a shape.
+    """
+    if normalized_shape is None or isinstance(normalized_shape, Tensor):   # the older call
+        if isinstance(bias, (int, float)) and not isinstance(bias, bool):  # (x, weight, bias, eps)
+            eps = bias
+        normalized_shape, weight, bias = (input.shape[-1:] or (1,)), normalized_shape, weight
+    _require_float("layer_norm", input)
+    k = _normalized_dims(input.shape, normalized_shape, "layer_norm")
+    norm_shape = input.shape[input.ndim - k:]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != norm_shape:
+            raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected {norm_shape}")
+    xp = backend.get_array_module(input.data)
+    D = int(np.prod(norm_shape))
+    inv_d = 1.0 / D
+    x2 = _upcast(input.data).reshape(-1, D)             # [N, D], one row per position
+    ones_d = xp.ones(D, dtype=x2.dtype)
+    # Row sums are written as products with a vector of ones (x @ 1): BLAS does them
+    # about twice as fast as NumPy's sum along a short last axis.
+    xc = x2 - (x2 @ ones_d * inv_d)[:, None]            # x - mean, per row
+    var = xp.einsum("ij,ij->i", xc, xc) * inv_d         # [N], mean of squares (biased variance)
+    rstd = (1.0 / xp.sqrt(var + eps))[:, None]          # [N, 1], 1 / sqrt(var + eps)
+    xhat = xc
+    xhat *= rstd                                        # [N, D], mean 0, variance 1 (in place)
+    w = None if weight is None else _upcast(weight.data).reshape(D)
+    y = xhat if w is None else xhat * w
+    if bias is not None:
+        y = y + _upcast(bias.data).reshape(D)
+    parents = tuple(p for p in (input, weight, bias) if p is not None)
+
+    def _backward(out):
+        g = _upcast(out.grad).reshape(-1, D)            # [N, D]
+        ones_n = xp.ones(g.shape[0], dtype=g.dtype)
+        if weight is not None and weight.requires_grad:   # dw = sum over rows of g * xhat
+            weight._add_grad((ones_n @ (g * xhat)).reshape(weight.shape).astype(weight.dtype, copy=False))
+        if bias is not None and bias.requires_grad:       # db = sum over rows of g
+            bias._add_grad((ones_n @ g).reshape(bias.shape).astype(bias.dtype, copy=False))
+        if input.requires_grad:
+            # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means along each row
+            dxhat = g if w is None else g * w
+            dx = xhat * (xp.einsum("ij,ij->i", dxhat, xhat) * inv_d)[:, None]
+            xp.subtract(dxhat, dx, out=dx)
+            dx -= (dxhat @ ones_d * inv_d)[:, None]
+            dx *= rstd
+            input._add_grad(dx.reshape(input.shape).astype(input.dtype, copy=False))
+
+    return op_result(y.reshape(input.shape).astype(input.dtype, copy=False), parents, _backward, "layer_norm")
+
+
+# ----------------------------------------------------------------------------
+# dropout and attention
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
+
+    At evaluation time (training=False) or with p=0 it is the identity.
+    """
+    _refuse_inplace("dropout", inplace)
+    _require_float("dropout", input)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p={p} must be in [0, 1)")
+    if not training or p == 0.0:
+        return input
+    keep = backend.random_uniform(input.shape) >= p
+    return input * (keep.astype(input.dtype, copy=False) / (1.0 - p))
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(D) [future masked]) v, q, k, v of shape (..., T, D)."""
+    scores = q @ _swap_last(k) * (1 / math.sqrt(q.shape[-1]))                 # [..., T, S]
+    if is_causal:                                        # query i sees keys 0..i only
+        scores = scores.masked_fill(np.triu(np.ones(scores.shape[-2:], dtype=bool), k=1), -np.inf)
+    return softmax_reference(scores) @ v
+
+
+def _swap_last(x: Tensor) -> Tensor:
+    """x with its last two dims swapped (k^T for a batch of matrices)."""
+    return _move_axis(x, -1, -2)
+
+
+# fused: keeps one (..., T, S) array (the weights P) for backward instead of five;
+# forward + backward 1.3-4x faster than attention_reference at (32, 4, 64, 32), causal
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    """softmax(Q K^T * scale + M) V, as torch.nn.functional.scaled_dot_product_attention.
+
+    Q (..., L, E), K (..., S, E), V (..., S, Ev) -> (..., L, Ev); scale defaults to
+    1 / sqrt(E). M is 0, plus -inf above the diagonal when is_causal, plus the
+    attn_mask: a bool mask says which keys each query may attend to (True = attend,
+    False = -inf), a float mask is added to the scores. Dropout (probability
+    dropout_p, applied to the weights whenever dropout_p > 0, as PyTorch) is for
+    training only: pass dropout_p=0.0 at evaluation.
+    """
+    q, k, v = query, key, value
+    if enable_gqa:
+        raise NotImplementedError("scaled_dot_product_attention: enable_gqa is not supported")
+    _require_float("scaled_dot_product_attention", q, k, v)
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        raise ValueError("scaled_dot_product_attention: query, key and value need at least 2 dims (..., T, D)")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"scaled_dot_product_attention: query {q.shape}, key {k.shape} and value "
+                         f"{v.shape} must share E (query, key) and S (key, value)")
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention: pass attn_mask or is_causal=True, not both "
+                         "(as PyTorch); fold the causal mask into attn_mask")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p={dropout_p} must be in [0, 1)")
     xp = backend.get_array_module(q.data)
-    B, H, T, D = q.shape
-    scale = 1.0 / math.sqrt(D)
-    qs = q.data * scale                                 # scale q, not the (larger when T > D) scores
-    s = qs @ xp.swapaxes(k.data, -1, -2)                # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
-    s += _future_bias(T, s.dtype, xp)                   # -inf above the diagonal: no peeking ahead
-    s -= s.max(axis=-1, keepdims=True)
+    L, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    in_dtype = q.dtype
+    qd, kd, vd = _upcast(q.data), _upcast(k.data), _upcast(v.data)
+    qs = qd * scale                                     # scale q, not the (larger when T > D) scores
+    s = qs @ xp.swapaxes(kd, -1, -2)                    # [..., L, E] @ [..., E, S] -> [..., L, S]
+    mask_t = None
+    if is_causal:
+        s += _future_bias(L, S, s.dtype, xp)            # -inf above the diagonal: no peeking ahead
+    elif attn_mask is not None:
+        m = xp.asarray(_array(attn_mask))                # onto the scores' device
+        if m.dtype == bool:
+            s = xp.where(m, s, -xp.inf)
+        else:
+            mask_t = attn_mask if isinstance(attn_mask, Tensor) and attn_mask.requires_grad else None
+            s = s + _upcast(m)
+    rmax = s.max(axis=-1, keepdims=True) if S else xp.zeros(s.shape[:-1] + (1,), s.dtype)   # S = 0: no keys
+    rmax = xp.where(xp.isfinite(rmax), rmax, 0)         # a fully masked row: no NaN from -inf - -inf
+    s -= rmax
     p = xp.exp(s, out=s)
-    ones_t = xp.ones(T, dtype=p.dtype)                  # row sums as p @ 1: BLAS beats sum(axis=-1)
-    p /= (p @ ones_t)[..., None]                        # P: each row sums to 1
-    if training and dropout_p > 0.0:
+    ones_s = xp.ones(S, dtype=p.dtype)                  # row sums as p @ 1: BLAS beats sum(axis=-1)
+    denom = (p @ ones_s)[..., None]
+    p /= xp.where(denom == 0, 1, denom)                 # P: each row sums to 1 (a masked row: 0)
+    if dropout_p > 0.0:
         keep = (backend.random_uniform(p.shape) >= dropout_p).astype(p.dtype) / (1.0 - dropout_p)
     else:
         keep = None
     p_used = p if keep is None else p * keep
-    y = p_used @ v.data                                 # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    y = p_used @ vd                                     # [..., L, S] @ [..., S, Ev] -> [..., L, Ev]
+    parents = (q, k, v) if mask_t is None else (q, k, v, mask_t)
 
     def _backward(out):
-        g = out.grad                                    # [B, H, T, D]
+        g = _upcast(out.grad)                           # [..., L, Ev]
         if v.requires_grad:                             # dV = P^T g
-            v._add_grad(xp.swapaxes(p_used, -1, -2) @ g)
-        if not (q.requires_grad or k.requires_grad):
+            v._add_grad(_unbroadcast(xp.swapaxes(p_used, -1, -2) @ g, v.shape).astype(v.dtype, copy=False))
+        if not (q.requires_grad or k.requires_grad or mask_t is not None):
             return
-        ds = g @ xp.swapaxes(v.data, -1, -2)            # dP = g V^T, [B, H, T, T]
+        ds = g @ xp.swapaxes(vd, -1, -2)                # dP = g V^T, [..., L, S]
         if keep is not None:
             ds *= keep
-        ds -= ((ds * p) @ ones_t)[..., None]            # softmax backward, in place:
+        ds -= ((ds * p) @ ones_s)[..., None]            # softmax backward, in place:
         ds *= p                                         # dS = P * (dP - sum(dP * P))
+        if mask_t is not None:                          # scores = QK^T scale + M: dM = dS
+            mask_t._add_grad(_unbroadcast(ds, mask_t.shape).astype(mask_t.dtype, copy=False))
         if q.requires_grad:                             # dQ = dS K * scale
-            dq = ds @ k.data
+            dq = ds @ kd
             dq *= scale
-            q._add_grad(dq)
+            q._add_grad(_unbroadcast(dq, q.shape).astype(q.dtype, copy=False))
         if k.requires_grad:                             # dK = dS^T (Q * scale)
-            k._add_grad(xp.swapaxes(ds, -1, -2) @ qs)
+            k._add_grad(_unbroadcast(xp.swapaxes(ds, -1, -2) @ qs, k.shape).astype(k.dtype, copy=False))
 
-    return op_result(y, (q, k, v), _backward, "causal_attention")
+    return op_result(y.astype(in_dtype, copy=False), parents, _backward, "attention")
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
+                     training: bool = False) -> Tensor:
+    """Causal self-attention with dropout only while training (GPT's attention)."""
+    return scaled_dot_product_attention(q, k, v, dropout_p=dropout_p if training else 0.0, is_causal=True)
 
 
 _bias_cache: dict = {}
 
 
-def _future_bias(T: int, dtype, xp):
-    """(T, T): 0 on and below the diagonal, -inf above it (the future)."""
-    key = (T, xp.dtype(dtype).str, xp.__name__)
+def _future_bias(L: int, S: int, dtype, xp):
+    """(L, S): 0 on and below the diagonal, -inf above it (the future), as PyTorch's is_causal."""
+    key = (L, S, xp.dtype(dtype).str, xp.__name__)
     if key not in _bias_cache:
-        mask = xp.triu(xp.ones((T, T), dtype=bool), k=1)
+        mask = xp.triu(xp.ones((L, S), dtype=bool), k=1)
         _bias_cache[key] = xp.where(mask, -xp.inf, 0.0).astype(dtype)
     return _bias_cache[key]
-
-
-_GELU_C = math.sqrt(2.0 / math.pi)
-
-
-def gelu(x: Tensor) -> Tensor:
-    """GELU with GPT-2's tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
-
-    Computed as x * sigmoid(2u), the same function (1 + tanh(u) = 2 sigmoid(2u)),
-    because exp is about twice as fast as tanh in NumPy.
-    """
-    xp = backend.get_array_module(x.data)
-    a = x.data
-    a2 = a * a
-    # s = sigmoid(2u) = 1 / (1 + exp(-2u)), built in place to avoid temporary arrays.
-    # asarray: for a 0-d input NumPy returns a scalar, which has no memory to write into.
-    s = xp.asarray(a2 * (-2 * _GELU_C * 0.044715))
-    s -= 2 * _GELU_C
-    s *= a                                              # -2u
-    with np.errstate(over="ignore"):                    # x < -10.5: exp -> inf, so s -> 0, the right limit
-        xp.exp(s, out=s)
-    s += 1.0
-    xp.reciprocal(s, out=s)                             # s = sigmoid(2u)
-    y = a * s
-
-    def _backward(out):
-        # d/dx [x s] = s + x s' with s' = 2 s (1 - s) du/dx and du/dx = c (1 + 3 * 0.044715 x^2)
-        d = a2 * (2 * 3 * 0.044715 * _GELU_C)
-        d += 2 * _GELU_C
-        d *= a
-        d *= 1.0 - s
-        d += 1.0
-        d *= s
-        d *= out.grad
-        x._add_grad(d)
-
-    return op_result(y, (x,), _backward, "gelu")
-
-
-def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """Normalise the last axis to mean 0, variance 1 (biased variance), then scale and shift.
-
-    Sums over rows and columns are written as products with a vector of ones:
-    BLAS does those several times faster than NumPy's sum along a short axis.
-    """
-    xp = backend.get_array_module(x.data)
-    D = x.shape[-1]
-    inv_d = 1.0 / D
-    x2 = x.data.reshape(-1, D)                          # [N, D], one row per position
-    ones_d = xp.ones(D, dtype=x2.dtype)
-    xc = x2 - (x2 @ ones_d * inv_d)[:, None]            # subtract each row's mean
-    var = xp.einsum("ij,ij->i", xc, xc) * inv_d         # [N], biased variance of each row
-    rstd = (1.0 / xp.sqrt(var + eps))[:, None]          # [N, 1]
-    xhat = xc
-    xhat *= rstd                                        # [N, D], mean 0, variance 1
-    y = xhat if weight is None else xhat * weight.data
-    if bias is not None:
-        y = y + bias.data
-    parents = tuple(p for p in (x, weight, bias) if p is not None)
-
-    def _backward(out):
-        g = out.grad.reshape(-1, D)                     # [N, D]
-        ones_n = xp.ones(g.shape[0], dtype=g.dtype)
-        if weight is not None and weight.requires_grad:
-            weight._add_grad(ones_n @ (g * xhat))      # sum over rows of g * xhat
-        if bias is not None and bias.requires_grad:
-            bias._add_grad(ones_n @ g)
-        if x.requires_grad:
-            # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means along each row
-            dxhat = g if weight is None else g * weight.data
-            dx = xhat * (xp.einsum("ij,ij->i", dxhat, xhat) * inv_d)[:, None]
-            xp.subtract(dxhat, dx, out=dx)
-            dx -= (dxhat @ ones_d * inv_d)[:, None]
-            dx *= rstd
-            x._add_grad(dx.reshape(x.shape))
-
-    y = y.reshape(x.shape)
-    return op_result(y, parents, _backward, "layer_norm")
-
-
-def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
-
-    At evaluation time (training=False) or with p=0 it is the identity.
-    """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: p={p} must be in [0, 1)")
-    if not training or p == 0.0:
-        return x
-    keep = backend.random_uniform(x.shape) >= p
-    return x * (keep.astype(x.dtype) / (1.0 - p))

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from minilora import backend
+from minilora.data import greedy_decode
 from minilora import functional as F
+from minilora import hf_gpt2
 from minilora import nn
 from minilora.tensor import Tensor, no_grad
 
@@ -37,7 +39,7 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"GPTConfig: {name}={value!r} must be a positive integer")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by "
@@ -68,16 +70,17 @@ class CausalSelfAttention(nn.Module):
         H, D = self.n_head, C // self.n_head
 
         def heads(t):                                        # [B, T, C] -> [B, H, T, D]
-            return t.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+            return t.reshape(B, T, H, D).transpose(1, 2)
 
         q = heads(self.q_proj(x))                            # [B, H, T, D]
         k = heads(self.k_proj(x))                            # [B, H, T, D]
         v = heads(self.v_proj(x))                            # [B, H, T, D]
         # Attention: scores q.k / sqrt(D) [B, H, T, T], the future masked out,
         # softmax over the keys, then a weighted sum of the values -> [B, H, T, D].
-        # functional.causal_attention writes out that maths and its backward rule.
-        y = F.causal_attention(q, k, v, self.attn_dropout.p, self.training)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)         # heads side by side again: [B, T, C]
+        # functional.scaled_dot_product_attention writes out that maths and its backward rule.
+        p = self.attn_dropout.p if self.training else 0.0   # dropout on the weights, training only
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = y.transpose(1, 2).reshape(B, T, C)               # heads side by side again: [B, T, C]
         return self.resid_dropout(self.o_proj(y))            # [B, T, C]
 
 
@@ -91,7 +94,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
+        h = F.gelu(self.fc(x), approximate="tanh")          # GPT-2's GELU: [B, T, C] -> [B, T, 4C]
+        return self.dropout(self.proj(h))                   # [B, T, 4C] -> [B, T, C]
 
 
 class Block(nn.Module):
@@ -163,30 +167,43 @@ class GPT(nn.Module):
         from softmax(logits / temperature), optionally from the top_k only.
         Returns a NumPy array (B, T + max_new_tokens).
         """
-        if temperature < 0:
-            raise ValueError(f"generate: temperature={temperature} must be >= 0 (0 means greedy)")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+                or not 0 <= temperature < math.inf:
+            raise ValueError(f"generate: temperature={temperature!r} must be a number >= 0 (0 means greedy)")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                                  or top_k < 1):
+            raise ValueError(f"generate: top_k={top_k!r} must be a positive integer or None")
         rng = np.random.default_rng(seed) if seed is not None else backend.rng()
         idx = backend.to_numpy(_check_ids(idx, self.config))
         was_training = self.training
         self.eval()
         try:
             with no_grad():
-                for _ in range(max_new_tokens):
-                    context = idx[:, -self.config.block_size:]
-                    logits = backend.to_numpy(self(context).data[:, -1, :]).astype(np.float64)
-                    if temperature == 0:
-                        nxt = logits.argmax(axis=-1)
-                    else:
-                        logits = logits / temperature
-                        if top_k is not None:
-                            cut = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]
-                            logits = np.where(logits < cut, -np.inf, logits)
-                        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-                        p /= p.sum(axis=-1, keepdims=True)
-                        nxt = np.array([rng.choice(len(row), p=row) for row in p])
-                    idx = np.concatenate([idx, nxt[:, None]], axis=1)
+                if temperature == 0:       # the package's one greedy decoder
+                    return greedy_decode(self._numpy_logits, idx, max_new_tokens, self.config.block_size)
+                return self._sample(idx, max_new_tokens, temperature, top_k, rng)
         finally:
             self.train(was_training)
+
+    def _numpy_logits(self, idx: np.ndarray) -> np.ndarray:
+        """ids (B, T) -> logits (B, T, vocab) as a host array, the form the decoders take."""
+        return backend.to_numpy(self(idx).data)
+
+    def _sample(self, idx, max_new_tokens: int, temperature: float, top_k, rng) -> np.ndarray:
+        """Append max_new_tokens tokens drawn from softmax(logits / temperature), top_k only if set."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size:]
+            logits = self._numpy_logits(context)[:, -1, :].astype(np.float64) / temperature
+            if top_k is not None:
+                cut = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]
+                logits = np.where(logits < cut, -np.inf, logits)
+            p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            p /= p.sum(axis=-1, keepdims=True)
+            nxt = np.array([rng.choice(len(row), p=row) for row in p])
+            idx = np.concatenate([idx, nxt[:, None]], axis=1)
         return idx
 
 
@@ -232,6 +249,10 @@ def module_shapes(config: GPTConfig) -> dict[str, tuple[str, int, int]]:
 # Loading a Hugging Face GPT-2 checkpoint
 # --------------------------------------------------------------------------
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers some checkpoints carry
+# Options that change the arithmetic but not the weights' shapes: loading anyway
+# would give a model that runs and silently computes something else.
+_HF_FIXED = (("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True),
+             ("scale_attn_by_inverse_layer_idx", False))
 
 
 def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
@@ -240,84 +261,70 @@ def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
     Accepts a directory with config.json and model.safetensors, a .safetensors
     file (config.json beside it, or pass n_head), or a dict of arrays (pass
     n_head). GPT-2 fuses q, k, v into one Conv1D `c_attn` whose weight is
-    stored (in, out), the transpose of a Linear's; both are undone here.
+    stored (in, out), the transpose of a Linear's; both are undone here
+    (minilora.hf_gpt2 holds the names). The model remembers where it came from
+    in `name_or_path`, which adapters saved for Hugging Face's GPT-2 record.
     """
-    hf_config = {}
-    if isinstance(path_or_state_dict, dict):
-        state = {k: backend.to_numpy(v.data if isinstance(v, Tensor) else v)
-                 for k, v in path_or_state_dict.items()}
-    else:
-        from minilora.files import read_safetensors
-
-        path = Path(path_or_state_dict)
-        weights = path / "model.safetensors" if path.is_dir() else path
-        config_path = (path if path.is_dir() else path.parent) / "config.json"
-        if not weights.exists():
-            raise FileNotFoundError(f"load_gpt2: no weights at {weights}; expected a directory with "
-                                    "model.safetensors and config.json, or a .safetensors file")
-        state = read_safetensors(weights)                   # a corrupt file: ValueError naming it
-        if config_path.exists():
-            hf_config = json.loads(config_path.read_text())
-
-    state = {k.removeprefix("transformer."): v for k, v in state.items()
-             if not k.endswith(_HF_BUFFERS)}
-    if "wte.weight" not in state or "wpe.weight" not in state:
-        raise KeyError(f"load_gpt2: not a GPT-2 checkpoint: no wte.weight / wpe.weight among "
-                       f"its keys {sorted(state)[:8]}...")
-    n_head = n_head or hf_config.get("n_head")
-    if n_head is None:
-        raise ValueError("load_gpt2: the number of heads cannot be read from weight shapes; "
-                         "put config.json beside the weights or pass n_head=...")
-    if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"load_gpt2: activation {hf_config['activation_function']!r} is not "
-                         "GPT-2's tanh GELU, which is the only one minilora implements")
-    # Options that change the arithmetic but not the weights' shapes: loading anyway
-    # would give a model that runs and silently computes something else.
-    for key, ours_value in (("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True),
-                            ("scale_attn_by_inverse_layer_idx", False)):
-        if key in hf_config and hf_config[key] != ours_value:
-            raise ValueError(f"load_gpt2: config.json has {key}={hf_config[key]!r}, but minilora's "
-                             f"GPT computes with {key}={ours_value!r}; this checkpoint cannot be "
-                             "reproduced exactly")
-    vocab_size, C = state["wte.weight"].shape
-    n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")})
-    config = GPTConfig(vocab_size=vocab_size, block_size=state["wpe.weight"].shape[0],
-                       n_layer=n_layer, n_head=n_head, n_embd=C, bias="ln_f.bias" in state)
-
-    ours = {"transformer.wte.weight": state.pop("wte.weight"),
-            "transformer.wpe.weight": state.pop("wpe.weight")}
-    tied = state.pop("lm_head.weight", None)
+    state, hf_config, source = _read_gpt2(path_or_state_dict)
+    state = {k: v for k, v in state.items() if not k.endswith(_HF_BUFFERS)}
+    _check_gpt2_config(hf_config)
+    ours, foreign = hf_gpt2.checkpoint_to_ours(state)
+    config = _gpt2_config(ours, n_head or hf_config.get("n_head"))
+    tied = ours.pop("lm_head.weight", None)
     if tied is not None and not np.array_equal(tied, ours["transformer.wte.weight"]):
         raise ValueError("load_gpt2: lm_head.weight differs from wte.weight, but minilora's GPT ties them")
-    renames = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.c_proj": "attn.o_proj",
-               "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
-    for key in sorted(state):
-        if key.startswith("ln_f."):
-            ours["transformer." + key] = state[key]
-            continue
-        if not key.startswith("h."):
-            ours[key] = state[key]                           # unknown: reported below
-            continue
-        _, i, rest = key.split(".", 2)
-        module, param = rest.rsplit(".", 1)
-        prefix = f"transformer.h.{i}."
-        value = state[key]
-        if module == "attn.c_attn":                          # fused q, k, v: split the out axis
-            pieces = np.split(value, 3, axis=-1)             # weight [C, 3C] or bias [3C]
-            for name, piece in zip(("q_proj", "k_proj", "v_proj"), pieces):
-                ours[f"{prefix}attn.{name}.{param}"] = piece.T if param == "weight" else piece
-        elif module in renames:
-            is_conv_weight = param == "weight" and not module.startswith("ln")
-            ours[f"{prefix}{renames[module]}.{param}"] = value.T if is_conv_weight else value
-        else:
-            ours[prefix + rest] = value                      # unknown: reported below
-
     model = GPT(config)
     expected = set(dict(model.named_parameters()))
-    unknown = sorted(set(ours) - expected)
+    unknown = sorted((set(ours) - expected) | set(foreign))
     missing = sorted(expected - set(ours))
     if unknown or missing:
         raise KeyError(f"load_gpt2: checkpoint does not match GPT-2's layout: unknown keys "
                        f"{unknown}, missing keys {missing}")
     model.load_state_dict({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in ours.items()})
+    model.name_or_path = source
     return model
+
+
+def _read_gpt2(path_or_state_dict) -> tuple[dict, dict, str | None]:
+    """(arrays, config.json contents or {}, the path read or None) from a path or a dict."""
+    if isinstance(path_or_state_dict, dict):
+        state = {k: backend.to_numpy(v.data if isinstance(v, Tensor) else v)
+                 for k, v in path_or_state_dict.items()}
+        return state, {}, None
+    from minilora.files import read_safetensors
+
+    path = Path(path_or_state_dict)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    config_path = (path if path.is_dir() else path.parent) / "config.json"
+    if not weights.exists():
+        raise FileNotFoundError(f"load_gpt2: no weights at {weights}; expected a directory with "
+                                "model.safetensors and config.json, or a .safetensors file")
+    state = read_safetensors(weights)                   # a corrupt file: ValueError naming it
+    hf_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    return state, hf_config, str(path)
+
+
+def _check_gpt2_config(hf_config: dict) -> None:
+    """Refuse a config.json whose model computes something minilora's GPT does not."""
+    if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"load_gpt2: activation {hf_config['activation_function']!r} is not "
+                         "GPT-2's tanh GELU, which is the only one minilora implements")
+    for key, ours_value in _HF_FIXED:
+        if key in hf_config and hf_config[key] != ours_value:
+            raise ValueError(f"load_gpt2: config.json has {key}={hf_config[key]!r}, but minilora's "
+                             f"GPT computes with {key}={ours_value!r}; this checkpoint cannot be "
+                             "reproduced exactly")
+
+
+def _gpt2_config(ours: dict, n_head) -> GPTConfig:
+    """The GPTConfig that the weights' shapes (and n_head, which they do not show) describe."""
+    if "transformer.wte.weight" not in ours or "transformer.wpe.weight" not in ours:
+        raise KeyError(f"load_gpt2: not a GPT-2 checkpoint: no wte.weight / wpe.weight among "
+                       f"its keys {sorted(ours)[:8]}...")
+    if n_head is None:
+        raise ValueError("load_gpt2: the number of heads cannot be read from weight shapes; "
+                         "put config.json beside the weights or pass n_head=...")
+    vocab_size, C = ours["transformer.wte.weight"].shape
+    n_layer = len({k.split(".")[2] for k in ours if k.startswith("transformer.h.")})
+    return GPTConfig(vocab_size=vocab_size, block_size=ours["transformer.wpe.weight"].shape[0],
+                     n_layer=n_layer, n_head=n_head, n_embd=C, bias="transformer.ln_f.bias" in ours)

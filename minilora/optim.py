@@ -7,24 +7,85 @@ base weight costs no optimizer memory. `state_bytes()` measures it.
 from __future__ import annotations
 
 import math
+import numbers
 
 from minilora import backend
 from minilora.tensor import Tensor, no_grad
 
 
+def check_number(owner: str, name: str, value, low: float = 0.0, *, low_open: bool = False,
+                 high: float | None = None, high_open: bool = True, hint: str = "") -> float:
+    """`value` as a float, or a ValueError naming it: a finite real in [low, high) (or (low, ...])."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name}={value!r} must be a number{hint}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or too_low or too_high:
+        interval = (("(" if low_open else "[") + f"{low:g}, " +
+                    ("inf)" if high is None else f"{high:g}" + (")" if high_open else "]")))
+        raise ValueError(f"{owner}: {name}={value!r} must be a finite number in {interval}{hint}")
+    return value
+
+
+def _check_group(owner: str, group: dict) -> None:
+    """Every hyper-parameter of a parameter group, checked once, before any step."""
+    check_number(owner, "lr", group["lr"], low_open=True, hint="; e.g. lr=1e-3")
+    for name in ("weight_decay", "momentum", "eps"):
+        if name in group:
+            check_number(owner, name, group[name], hint=f" (0 turns {name} off)" if name != "eps" else "")
+    if "betas" in group:
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+                isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"{owner}: betas={betas!r} must be two numbers, each in [0, 1); "
+                             "e.g. betas=(0.9, 0.999)")
+
+
+def _refuse_repeats(owner: str, groups: list[dict]) -> None:
+    """A parameter listed twice would be updated twice per step (and share one state): refuse,
+    as PyTorch does for a parameter in two groups."""
+    seen: set[int] = set()
+    for group in groups:
+        for p in group["params"]:
+            if id(p) in seen:
+                raise ValueError(f"{owner}: a parameter of shape {tuple(p.shape)} is listed more than once "
+                                 "(in one group or in two), so each step would update it twice; "
+                                 "list every parameter once")
+            seen.add(id(p))
+
+
 class Optimizer:
     """Holds parameter groups (dicts with "params" and hyper-parameters) and their state."""
 
+    state_arrays: tuple[str, ...] = ()   # per-parameter buffers of the parameter's shape
+    state_counts: tuple[str, ...] = ()   # per-parameter whole-number counters
+
     def __init__(self, params, defaults: dict):
+        owner = type(self).__name__
+        if isinstance(params, (Tensor, dict)) or not hasattr(params, "__iter__"):
+            raise TypeError(f"{owner}: the params argument should be an iterable of Tensors or of "
+                            f"parameter-group dicts, but got a {type(params).__name__}; "
+                            f"pass model.parameters() or a list, e.g. {owner}([p])")
         params = list(params)
         if not params:
-            raise ValueError(f"{type(self).__name__} got an empty parameter list; pass "
+            raise ValueError(f"{owner} got an empty parameter list; pass "
                              "model.parameters() (after apply_lora, only A and B require grad).")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = []
         for group in groups:
-            trainable = [p for p in group["params"] if p.requires_grad]
-            self.param_groups.append({**defaults, **group, "params": trainable})
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"{owner}: mix of Tensors and parameter groups; give either Tensors "
+                                "or dicts with a 'params' entry")
+            members = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
+            for p in members:
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"{owner}: {type(p).__name__} {p!r:.40} is not a Tensor; "
+                                    "an optimizer can only update Tensors (model.parameters())")
+            merged = {**defaults, **group, "params": [p for p in members if p.requires_grad]}
+            _check_group(owner, merged)
+            self.param_groups.append(merged)
+        _refuse_repeats(owner, self.param_groups)
         if not any(g["params"] for g in self.param_groups):
             raise ValueError(f"{type(self).__name__}: none of the {sum(len(g['params']) for g in groups)} "
                              "parameters requires grad, so there is nothing to train. "
@@ -37,7 +98,8 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        """Set the learning rate of every group (what a schedule does each step)."""
+        """Set the learning rate of every group (what a schedule does each step; 0 is allowed)."""
+        value = check_number(type(self).__name__, "lr", value)
         for group in self.param_groups:
             group["lr"] = value
 
@@ -49,6 +111,67 @@ class Optimizer:
     def state_bytes(self) -> int:
         """Bytes of optimizer state (moment buffers), the memory LoRA saves."""
         return sum(int(a.nbytes) for s in self.state.values() for a in s.values() if hasattr(a, "nbytes"))
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(arrays, info): the state of every parameter, numbered in parameter order.
+
+        arrays holds the buffers as NumPy arrays ("3.exp_avg": ...), ready for a
+        safetensors file; info holds the rest as plain JSON (step counts).
+        Enough, with the weights, to continue training exactly where it stopped.
+        """
+        arrays, counts = {}, {}
+        for i, p in enumerate(self._params()):
+            for key, value in self.state.get(id(p), {}).items():
+                if hasattr(value, "shape"):
+                    arrays[f"{i}.{key}"] = backend.to_numpy(value).copy()
+                else:
+                    counts[f"{i}.{key}"] = value
+        return arrays, {"optimizer": type(self).__name__, "n_params": len(self._params()), "scalars": counts}
+
+    def load_state_dict(self, arrays: dict, info: dict) -> None:
+        """Restore what state_dict() returned, all or nothing, after checking it fits."""
+        params = self._params()
+        if info.get("optimizer") != type(self).__name__ or info.get("n_params") != len(params):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved state is for "
+                             f"{info.get('optimizer')} with {info.get('n_params')} trainable parameters, "
+                             f"this optimizer is {type(self).__name__} with {len(params)}; "
+                             "resume with the same model, LoRA setup and optimizer")
+        state: dict[int, dict] = {}
+        for key, value in [*arrays.items(), *info.get("scalars", {}).items()]:
+            index, _, name = key.partition(".")
+            if not index.isdigit() or int(index) >= len(params):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected entry {key!r}")
+            p = params[int(index)]
+            if hasattr(value, "shape"):
+                if tuple(value.shape) != tuple(p.shape) or value.dtype != p.data.dtype:
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: {key} has shape "
+                                     f"{tuple(value.shape)} {value.dtype}, the parameter "
+                                     f"{tuple(p.shape)} {p.data.dtype}")
+                value = backend.get_array_module(p.data).array(value)   # on the parameter's device
+            state.setdefault(id(p), {})[name] = value
+        for index, p in enumerate(params):
+            if id(p) in state:
+                self._check_param_state(index, state[id(p)])
+        self.state = state
+
+    def _check_param_state(self, index: int, entry: dict) -> None:
+        """One parameter's restored state must be complete, with whole counts and finite buffers:
+        a missing moment or a step count of "7" would fail, or silently mislead, steps later."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        want = set(self.state_arrays) | set(self.state_counts)
+        if set(entry) != want:
+            raise ValueError(f"{owner}: parameter {index} has state {sorted(entry)}, expected {sorted(want)}; "
+                             "the saved state is incomplete or from another optimizer")
+        for name in self.state_counts:
+            count = entry[name]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{owner}: {index}.{name}={count!r} must be a whole number >= 1")
+        for name in self.state_arrays:
+            if not bool(backend.get_array_module(entry[name]).isfinite(entry[name]).all()):
+                raise ValueError(f"{owner}: {index}.{name} holds NaN or inf; the saved state is broken")
 
     def step(self) -> None:
         with no_grad():
@@ -64,9 +187,9 @@ class Optimizer:
 class SGD(Optimizer):
     """p -= lr * v, with v = momentum * v + grad (PyTorch's form: no dampening on the first step)."""
 
+    state_arrays = ("momentum_buffer",)
+
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        if lr <= 0:
-            raise ValueError(f"SGD: lr={lr} must be positive")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def _update(self, p, grad, state, group):
@@ -92,12 +215,11 @@ class AdamW(Optimizer):
         p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
 
+    state_arrays = ("exp_avg", "exp_avg_sq")
+    state_counts = ("step",)
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01):
-        if lr <= 0:
-            raise ValueError(f"AdamW: lr={lr} must be positive")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"AdamW: betas={betas} must each be in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def _update(self, p, grad, state, group):
@@ -120,14 +242,21 @@ class AdamW(Optimizer):
 
 
 def clip_grad_norm_(params, max_norm: float) -> float:
-    """Scale gradients so their global L2 norm is at most max_norm; return the norm before."""
-    params = list(params)
+    """Scale gradients so their global L2 norm is at most max_norm; return the norm before.
+
+    A norm that is NaN or infinite is returned as it is, and nothing is scaled:
+    the caller decides (train() stops with an error rather than step on it).
+    """
+    max_norm = check_number("clip_grad_norm_", "max_norm", max_norm, low_open=True,
+                            hint="; e.g. 1.0 (to turn clipping off, do not call it)") \
+        if max_norm != math.inf else max_norm
+    params = [params] if isinstance(params, Tensor) else list(params)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     xp = backend.get_array_module(grads[0])
     total = float(xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads)))
-    if total > max_norm:
+    if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for p in params:
             if p.grad is not None:

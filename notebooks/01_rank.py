@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: nbgrader,-all
 #     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
@@ -19,17 +19,16 @@
 #
 # LoRA makes one bet: when you fine-tune a big model, the *change* to each
 # weight matrix, $\Delta W$, needs only a few directions. "Few directions" has
-# a precise name, **rank**, and this notebook is about it:
+# a precise name, **rank**, and this notebook holds one idea:
 #
-# 1. linear independence and the rank of a matrix,
-# 2. the rank-1 matrix: a column times a row,
-# 3. numerical rank: what "zero" means for floating-point numbers,
-# 4. the rank of a product, which is where LoRA's $B A$ comes from.
+# > the rank of a matrix is the number of independent directions its columns
+# > span; a column times a row has rank 1, and a sum of $r$ of them, $BA$,
+# > has rank at most $r$.
 #
-# Exercises end with a `checks.check_...(...)` call that tells you if you got it.
+# Exercises end with a `checks.check_...(...)` call that tells you if you got
+# it; `checks.hint("1.1", 1)` nudges, `checks.hint("1.1", 2)` gives the method.
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 
 from minilora import checks, linalg
@@ -89,19 +88,25 @@ print("stored as factors:", linalg.factorization_storage(3, 3, 1))
 #
 # ### Exercise 1.1
 #
-# The matrix `checks.OUTER_EXAMPLE` below has rank 1. Find a column `u` and a
-# row `v` (as 3-vectors) with `np.outer(u, v)` equal to it.
+# Write `factor_rank_one(M)`: given any rank-1 matrix `M`, return a column `u`
+# and a row `v` (as 1-D arrays) with `np.outer(u, v)` equal to `M`. The check
+# hands it rank-1 matrices of sizes you have not seen, some with a row or a
+# column of zeros. Use NumPy only (not `np.linalg.svd` either: it is possible
+# with indexing and one division).
 
-# %%
-print(checks.OUTER_EXAMPLE)
+# %% nbgrader={"grade": false, "grade_id": "ex-1-1", "locked": false, "schema_version": 3, "solution": true}
+# Exercise 1.1: write a rank-1 matrix as np.outer(u, v)
+def factor_rank_one(M):
+    ### BEGIN SOLUTION
+    i, j = np.unravel_index(np.argmax(np.abs(M)), M.shape)   # the largest entry: surely not zero
+    v = M[i]                     # row i; every row is a multiple of it
+    u = M[:, j] / M[i, j]        # how many times row i each row is
+    return u, v
+    ### END SOLUTION
 
-# %%
-# Exercise 1.1: write OUTER_EXAMPLE as np.outer(u, v)
-# BEGIN SOLUTION
-v = checks.OUTER_EXAMPLE[1]           # the row (1, 2, 3); every row is a multiple of it
-u = checks.OUTER_EXAMPLE[:, 0] / v[0] # how many times that row each row is: (2, 1, 3)
-# END SOLUTION
-checks.check_outer_factors(u, v)
+
+# %% nbgrader={"grade": true, "grade_id": "ex-1-1-check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_factor_rank_one(factor_rank_one)
 
 # %% [markdown]
 # ## Sums of outer products, and LoRA's $B A$
@@ -124,98 +129,50 @@ print("B @ A equals the sum of 2 outer products:", np.allclose(B @ A, as_sum))
 print("rank of B @ A:", linalg.numerical_rank(B @ A), "  shape:", (B @ A).shape)
 
 # %% [markdown]
+# "At most", not "exactly": if $b_2$ is a multiple of $b_1$, the two pieces
+# share a direction and the rank is 1.
+#
 # ### Exercise 1.2
 #
-# Build any $4 \times 5$ matrix `M` whose rank is exactly 2.
+# Write `matrix_of_rank(m, n, k)`: return an $m \times n$ matrix whose rank is
+# **exactly** $k$. The check calls it with sizes and ranks of its own choosing.
 
-# %%
-# Exercise 1.2: a 4 x 5 matrix of rank exactly 2
-# BEGIN SOLUTION
-M = np.outer([1.0, 0.0, 1.0, 2.0], [1.0, 2.0, 0.0, 1.0, 1.0]) + np.outer([0.0, 1.0, 1.0, 0.0], [3.0, 0.0, 1.0, 0.0, 2.0])
-# END SOLUTION
-checks.check_rank_two_matrix(M)
+# %% nbgrader={"grade": false, "grade_id": "ex-1-2", "locked": false, "schema_version": 3, "solution": true}
+# Exercise 1.2: an m x n matrix of rank exactly k
+def matrix_of_rank(m, n, k):
+    ### BEGIN SOLUTION
+    g = np.random.default_rng()
+    return g.standard_normal((m, k)) @ g.standard_normal((k, n))   # [m, k] @ [k, n]
+    ### END SOLUTION
 
-# %% [markdown]
-# ## Numerical rank: when is a number zero?
-#
-# Computers round. Build a rank-1 matrix in `float32` and look at its singular
-# values (the next notebook explains them; for now: the rank is how many are
-# non-zero). One is large; the others should be exactly 0 but come out as tiny
-# non-zero numbers, the traces of rounding. So
-# `numerical_rank` counts the singular values above a tolerance. Its default is
-# NumPy's rule:
-#
-# $$\text{tol} = \sigma_{\max} \cdot \max(m, n) \cdot \varepsilon,$$
-#
-# where $\varepsilon$ is the precision of the number type ($1.2 \times 10^{-7}$
-# for `float32`, $2.2 \times 10^{-16}$ for `float64`). Rounding changes each
-# entry by about $\varepsilon$ relative to the matrix's size, and the errors add
-# up across a row, so anything below that line is indistinguishable from 0.
 
-# %%
-x = np.linspace(1.0, 2.0, 40, dtype=np.float32)
-M32 = np.outer(np.sin(x), np.cos(x)).astype(np.float32)        # rank 1 in exact arithmetic
-s = np.linalg.svd(M32.astype(np.float64), compute_uv=False)
-tol = linalg.default_rank_tol(s, M32.shape, np.float32)
-
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.semilogy(np.arange(1, s.size + 1), s, "o", markersize=4, label="singular values")
-ax.axhline(tol, color="C3", linestyle="--", label=r"tol = $\sigma_{max} \cdot \max(m,n) \cdot \varepsilon_{32}$")
-ax.set_xlabel("index")
-ax.legend()
-ax.set_title("a float32 rank-1 matrix: one real direction, the rest is rounding")
-plt.show()
-print("numerical rank:", linalg.numerical_rank(M32))
+# %% nbgrader={"grade": true, "grade_id": "ex-1-2-check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_matrix_of_rank(matrix_of_rank)
 
 # %% [markdown]
-# The tolerance is also a question you can ask on purpose: "how many
-# directions matter **at this noise level**?" Add noise of size $10^{-6}$ and
-# the exact rank jumps to full, while at a tolerance just above the noise it is
-# still 1:
-
-# %%
-noisy = M32.astype(np.float64) + 1e-6 * rng.standard_normal(M32.shape)
-print("default tolerance:", linalg.numerical_rank(noisy))
-print("tol = 1e-3       :", linalg.numerical_rank(noisy, tol=1e-3))
-print("stable rank      :", round(linalg.stable_rank(noisy), 4), "(weighs directions by their size)")
-
-# %% [markdown]
-# ## The rank of a product
-#
-# Every column of $X Y$ is a combination of the columns of $X$, and every row a
-# combination of the rows of $Y$. So
-#
-# $$\operatorname{rank}(X Y) \le \min\big(\operatorname{rank}(X), \operatorname{rank}(Y)\big).$$
-#
-# In particular the inner size caps the rank: a $(m \times r)(r \times n)$
-# product has rank at most $r$, however large $m$ and $n$ are.
-
-# %%
-for r in [1, 2, 5, 10]:
-    P = rng.standard_normal((300, r)) @ rng.standard_normal((r, 200))   # [300, r] @ [r, 200]
-    print(f"inner size r = {r:2d}: product is {P.shape}, rank {linalg.numerical_rank(P)}")
-
-# %% [markdown]
-# ### Exercise 1.3
+# ## Predict: the rank of LoRA's update
 #
 # In GPT-2 small a weight matrix is $768 \times 768$. LoRA with $r = 4$ learns
-# $B$ ($768 \times 4$) and $A$ ($4 \times 768$). What is the **largest** rank
-# the update $B A$ can have? Set `answer` to that number.
+# $B$ ($768 \times 4$) and $A$ ($4 \times 768$), so the update $BA$ is a
+# $768 \times 768$ matrix. **Before running anything**, write down the rank you
+# expect $BA$ to have when $A$ and $B$ are random.
 
-# %%
-# Exercise 1.3: the largest possible rank of B @ A
-# BEGIN SOLUTION
-answer = 4
-# END SOLUTION
-checks.check_lora_update_rank(answer)
+# %% nbgrader={"grade": false, "grade_id": "ex-1-3", "locked": false, "schema_version": 3, "solution": true}
+# Exercise 1.3: your prediction of rank(B @ A)
+### BEGIN SOLUTION
+my_prediction = 4
+### END SOLUTION
+
+# %% nbgrader={"grade": false, "grade_id": "ex-1-3-reveal", "locked": true, "schema_version": 3, "solution": false}
+checks.reveal_lora_update_rank(my_prediction)
 
 # %% [markdown]
 # ## What to remember
 #
 # - Rank = the number of independent directions in a matrix's columns (or rows).
-# - A column times a row has rank 1; $r$ of them summed, $B A$, rank at most $r$.
+# - A column times a row has rank 1; $r$ of them summed, $B A$, rank at most $r$,
+#   however large the matrix.
 # - A rank-$r$ $m \times n$ matrix can be stored as $r(m+n)$ numbers instead of $mn$.
-# - On a computer, rank is counted above a tolerance, $\sigma_{\max} \max(m,n)\,\varepsilon$ by default.
 #
 # Next, **02_svd**: every matrix is a sum of rank-1 pieces, sorted by size, and
 # cutting that sum short gives the best low-rank approximation.

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import minilora as ml
-from minilora import backend
+from minilora import backend, files
 from minilora.adapters import adapter_size_bytes
 from minilora.lora import lora_layers
 
@@ -271,6 +271,108 @@ def _invalid_setting(d):
     return d
 
 
+def _set_tensor(key: str, make):
+    """A breaker that replaces one array of the file by make(old array)."""
+    def breaker(d):
+        def edit(t):
+            t[key] = make(t[key])
+        _rewrite_tensors(d, edit)
+        return d
+    return breaker
+
+
+def _config_breaker(**changes):
+    def breaker(d):
+        _rewrite_config(d, **changes)
+        return d
+    return breaker
+
+
+def _config_text_breaker(field: str, raw_json: str):
+    """Write a JSON value Python's json module would not produce from a LoraConfig (NaN, inf)."""
+    def breaker(d):
+        path = d / "adapter_config.json"
+        cfg = json.loads(path.read_text())
+        cfg[field] = "__X__"
+        path.write_text(json.dumps(cfg).replace('"__X__"', raw_json))
+        return d
+    return breaker
+
+
+def _drop_config_key(key: str):
+    def breaker(d):
+        path = d / "adapter_config.json"
+        cfg = json.loads(path.read_text())
+        del cfg[key]
+        path.write_text(json.dumps(cfg))
+        return d
+    return breaker
+
+
+def _untargeted_layer(d):
+    def edit(t):   # k_proj is a Linear of the right shape, but the config targets q and v only
+        t["base_model.model.transformer.h.0.attn.k_proj.lora_A.weight"] = np.ones((4, 16), np.float32)
+        t["base_model.model.transformer.h.0.attn.k_proj.lora_B.weight"] = np.ones((16, 4), np.float32)
+    _rewrite_tensors(d, edit)
+    return d
+
+
+def _targeted_layer_missing(d):
+    def edit(t):
+        for part in "AB":
+            t.pop(f"base_model.model.transformer.h.1.attn.v_proj.lora_{part}.weight")
+    _rewrite_tensors(d, edit)
+    return d
+
+
+def _b_without_a(d):
+    _rewrite_tensors(d, lambda t: t.pop("base_model.model.transformer.h.0.attn.q_proj.lora_A.weight"))
+    return d
+
+
+def _rank_above_the_layer(d):
+    """r = 17 on 16 x 16 layers, with A and B of exactly that shape."""
+    def edit(t):
+        for key in list(t):
+            t[key] = np.ones((17, 16) if ".lora_A." in key else (16, 17), np.float32)
+    _rewrite_tensors(d, edit)
+    _rewrite_config(d, r=17)
+    return d
+
+
+def _mixed_layouts(d):
+    def edit(t):
+        t["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"] = np.ones((4, 16), np.float32)
+        t["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"] = np.ones((48, 4), np.float32)
+    _rewrite_tensors(d, edit)
+    return d
+
+
+def _hf_keys_under_a_minilora_base(d):
+    def edit(t):
+        for key in list(t):
+            t[key.replace("q_proj", "c_fc").replace("v_proj", "c_proj")] = t.pop(key)
+    _rewrite_tensors(d, edit)
+    return d
+
+
+def _bias_with_mode_none(d):
+    def edit(t):
+        t["base_model.model.transformer.h.0.attn.q_proj.base_layer.bias"] = np.ones(16, np.float32)
+    _rewrite_tensors(d, edit)
+    return d
+
+
+def _foreign_base_weight(d):
+    def edit(t):   # PEFT saves embedding base weights; these are not this model's
+        t["base_model.model.transformer.wpe.base_layer.weight"] = np.ones((16, 16), np.float32)
+    _rewrite_tensors(d, edit)
+    return d
+
+
+Q_A = "base_model.model.transformer.h.0.attn.q_proj.lora_A.weight"
+V_B = "base_model.model.transformer.h.1.attn.v_proj.lora_B.weight"
+
 # (how to break a good adapter, the error type, what the message must say)
 BROKEN = {
     "missing directory": (_missing_dir, FileNotFoundError, r"nowhere is not a directory"),
@@ -293,6 +395,61 @@ BROKEN = {
     "lora_A without lora_B": (_a_without_b, ValueError,
                               r"transformer\.h\.1\.attn\.v_proj: the file has lora_A but not lora_B"),
     "adapter name in a key": (_adapter_name_in_key, ValueError, r"lora_A\.default\.weight' is neither"),
+    # the file's contents
+    "NaN weight": (_set_tensor(V_B, lambda a: np.where(a == a.flat[0], np.nan, a)), ValueError,
+                   r"v_proj\.lora_B\.weight: holds NaN or inf"),
+    "inf weight": (_set_tensor(Q_A, lambda a: a * np.inf), ValueError, r"q_proj\.lora_A\.weight: holds NaN or inf"),
+    "absurd weight": (_set_tensor(Q_A, lambda a: np.full_like(a, 1e38)), ValueError,
+                      r"q_proj\.lora_A\.weight: holds 1e\+38, beyond any trained weight"),
+    "integer weights": (_set_tensor(Q_A, lambda a: a.astype(np.int64)), ValueError,
+                        r"q_proj\.lora_A\.weight: dtype int64; LoRA weights and biases must be floating point"),
+    "bool weights": (_set_tensor(V_B, lambda a: a > 0), ValueError, r"dtype bool"),
+    "lora_B without lora_A": (_b_without_a, ValueError,
+                              r"h\.0\.attn\.q_proj: the file has lora_B but not lora_A"),
+    "untargeted layer": (_untargeted_layer, ValueError,
+                         r"h\.0\.attn\.k_proj: not among the config's target_modules=\['q_proj', 'v_proj'\]"),
+    "targeted layer missing": (_targeted_layer_missing, ValueError,
+                               r"h\.1\.attn\.v_proj: the config's target_modules=.* name it, but the file "
+                               r"has no LoRA weights for it"),
+    "r above the layer": (_rank_above_the_layer, ValueError, r"r=17 is larger than the layer allows: "
+                          r"its weight is \(16, 16\), so r must be at most 16"),
+    "another base's weight": (_foreign_base_weight, ValueError,
+                              r"transformer\.wpe\.base_layer\.weight: the file carries a base weight that "
+                              r"differs from this model's"),
+    "bias with bias='none'": (_bias_with_mode_none, ValueError, r"holds biases .* config says bias='none'"),
+    "mixed layouts": (_mixed_layouts, ValueError, r"mix Hugging Face GPT-2's layer names \(transformer\.h\.0"
+                      r"\.attn\.c_attn\) with minilora's"),
+    "GPT-2 keys, minilora base": (_hf_keys_under_a_minilora_base, ValueError,
+                                  r"base_model_name_or_path='minilora:GPT' says .* keys name Hugging Face"),
+    # the config: every field's type and value
+    "use_rslora a string": (_config_breaker(use_rslora="false"), ValueError,
+                            r"use_rslora='false' must be True or False \(a str is not a bool\)"),
+    "lora_alpha inf": (_config_text_breaker("lora_alpha", "Infinity"), ValueError, r"lora_alpha=inf must be positive"),
+    "lora_alpha NaN": (_config_text_breaker("lora_alpha", "NaN"), ValueError, r"lora_alpha=nan must be positive"),
+    "lora_alpha a string": (_config_breaker(lora_alpha="8"), ValueError, r"lora_alpha='8' must be positive"),
+    "r a string": (_config_breaker(r="4"), ValueError, r"r='4' must be a positive integer"),
+    "r a bool": (_config_breaker(r=True), ValueError, r"r=True must be a positive integer"),
+    "target_modules a number": (_config_breaker(target_modules=5), ValueError,
+                                r"target_modules=5 must be a list of layer names"),
+    "target_modules bad regex": (_config_breaker(target_modules="q_proj("), ValueError,
+                                 r"target_modules 'q_proj\(' is not a valid regular expression"),
+    "rank_pattern a string value": (_config_breaker(rank_pattern={"v_proj": "2"}), ValueError,
+                                    r"rank_pattern\['v_proj'\]='2' must be a positive integer"),
+    "dropout a string": (_config_breaker(lora_dropout="0.1"), ValueError, r"lora_dropout='0.1' must be in"),
+    "init a number": (_config_breaker(init_lora_weights=1), ValueError, r"init_lora_weights=1 must be True"),
+    "no peft_type": (_drop_config_key("peft_type"), ValueError, r"peft_type=None; only LoRA adapters"),
+    "no target_modules": (_drop_config_key("target_modules"), ValueError, r"no target_modules"),
+    "inference_mode a string": (_config_breaker(inference_mode="yes"), ValueError,
+                                r"inference_mode='yes' must be true or false"),
+    # options minilora does not implement, named
+    "use_dora": (_config_breaker(use_dora=True), ValueError, r"use_dora=true: DoRA .* not implemented"),
+    "fan_in_fan_out": (_config_breaker(fan_in_fan_out=True), ValueError,
+                       r"fan_in_fan_out=true: .* names minilora's Linear layers"),
+    "layers_to_transform": (_config_breaker(layers_to_transform=[0]), ValueError,
+                            r"layers_to_transform=\[0\]: a PEFT option minilora does not implement"),
+    "modules_to_save": (_config_breaker(modules_to_save=["lm_head"]), ValueError,
+                        r"modules_to_save=\['lm_head'\]: a PEFT option"),
+    "init olora": (_config_breaker(init_lora_weights="olora"), ValueError, r"init_lora_weights='olora' must be"),
 }
 
 
@@ -360,8 +517,8 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(where, tmp_path, monke
     old = {name: (directory / name).read_bytes() for name in os.listdir(directory)}
     if where == "second file written":      # each file is fsync-ed before the swap
         monkeypatch.setattr(os, "fsync", _fail_on_call(2, os.fsync))
-    else:                                   # old -> aside succeeds, new -> place fails
-        monkeypatch.setattr(os, "replace", _fail_on_call(2, os.replace))
+    else:                                   # the complete new folder fails to take the old one's place
+        monkeypatch.setattr(files, "_swap_in", _fail_on_call(1, files._swap_in))
     with pytest.raises(OSError, match="simulated failure"):
         ml.save_adapter(adapted(seed=2), directory)
     monkeypatch.undo()
@@ -395,3 +552,176 @@ def test_no_pickle_in_the_package(saved):
     data = (saved / "adapter_model.safetensors").read_bytes()
     n = int.from_bytes(data[:8], "little")
     assert json.loads(data[8:8 + n])["__metadata__"] == {"format": "pt"}
+
+
+# ---------------------------------------------------------------------------
+# Biases: bias="lora_only" and "all" round-trip, under PEFT's key names
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_adapters_with_biases_round_trip(bias, tmp_path):
+    model = adapted(["q_proj", "wpe"], bias=bias)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
+    assert trained                                                   # the mode trains biases
+    for name, p in model.named_parameters():
+        if name in trained:
+            p.data = p.data + 0.5                                    # as if trained
+    out = logits(model)
+    ml.save_adapter(model, tmp_path / "a")
+    keys = set(load_file(str(tmp_path / "a" / "adapter_model.safetensors")))
+    assert "base_model.model.transformer.h.0.attn.q_proj.base_layer.bias" in keys   # PEFT's key
+    assert {k for k in keys if k.endswith("bias")} == {"base_model.model." + n for n in trained}
+    fresh = ml.load_adapter(gpt(), tmp_path / "a")                   # unwrapped base
+    assert np.array_equal(logits(fresh), out)
+    other = adapted(["k_proj"], seed=3)                              # already has LoRA layers
+    ml.load_adapter(other, tmp_path / "a", adapter_name="b")
+    ml.set_adapter(other, "b")
+    assert np.array_equal(logits(other), out)
+
+
+def test_biases_saved_without_base_layer_still_load(tmp_path):
+    """Files written by earlier minilora versions named a wrapped layer's bias "<layer>.bias"."""
+    model = adapted(["q_proj"], bias="lora_only")
+    model.transformer.h[0].attn.q_proj.base_layer.bias.data += 0.5
+    ml.save_adapter(model, tmp_path / "a")
+    _rewrite_tensors(tmp_path / "a", lambda t: t.update(
+        {k.replace(".base_layer.bias", ".bias"): t.pop(k) for k in list(t) if k.endswith("bias")}))
+    assert np.array_equal(logits(ml.load_adapter(gpt(), tmp_path / "a")), logits(model))
+
+
+def test_pissa_adapter_reloads_onto_the_original_base(tmp_path):
+    """PiSSA changes W0; loading redoes it on the original base (as PEFT does), then sets A, B."""
+    model = gpt()
+    ml.apply_lora(model, ml.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights="pissa"))
+    randomize(model)                                                 # as if trained
+    ml.save_adapter(model, tmp_path / "a")
+    fresh = ml.load_adapter(gpt(), tmp_path / "a")
+    residual = model.transformer.h[0].attn.q_proj.base_layer.weight.numpy()
+    assert np.abs(residual - gpt().transformer.h[0].attn.q_proj.weight.numpy()).max() > 1e-3
+    assert np.abs(fresh.transformer.h[0].attn.q_proj.base_layer.weight.numpy() - residual).max() <= 1e-7
+    # the residual W0 - s B0 A0 is recomputed in float64 and rounded: equal to float32 rounding
+    assert np.abs(logits(fresh) - logits(model)).max() <= 1e-6
+
+
+def test_hf_gpt2_adapter_onto_another_model_is_refused(tmp_path):
+    ml.save_adapter(adapted(), tmp_path / "hf", layout="hf_gpt2")
+
+    class NotGPT(ml.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = ml.nn.Linear(16, 16)
+
+    model = NotGPT()
+    before = model_state(model)
+    with pytest.raises(ValueError, match=r"for Hugging Face's GPT2LMHeadModel \(its keys name "
+                                         r"transformer\.h\.0\.attn\.c_attn\); it loads onto a minilora GPT"):
+        ml.load_adapter(model, tmp_path / "hf")
+    assert_unchanged(before, model)
+
+
+def test_hf_gpt2_layout_says_its_base_and_refuses_what_it_cannot_write(tmp_path):
+    ml.save_adapter(adapted(), tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == "minilora:GPT"
+    with pytest.raises(ValueError, match="layout='nope' must be 'minilora'"):
+        ml.save_adapter(adapted(), tmp_path / "x", layout="nope")
+    with pytest.raises(ValueError, match=r"bias='all' is not supported there"):
+        ml.save_adapter(adapted(bias="all"), tmp_path / "x", layout="hf_gpt2")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------
+# Adapters in Hugging Face GPT-2's layout: the same all-or-nothing checks
+# ---------------------------------------------------------------------------
+C_ATTN = "base_model.model.transformer.h.0.attn.c_attn"
+
+
+def _hf_bad_rows(d):
+    _rewrite_tensors(d, lambda t: t.update({f"{C_ATTN}.lora_B.weight": np.ones((47, 8), np.float32)}))
+    return d
+
+
+def _hf_missing_layer(d):
+    def edit(t):
+        for part in "AB":
+            t.pop(f"{C_ATTN}.lora_{part}.weight")
+    _rewrite_tensors(d, edit)
+    return d
+
+
+def _hf_untargeted(d):
+    def edit(t):
+        t["base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight"] = np.ones((8, 16), np.float32)
+        t["base_model.model.transformer.h.0.mlp.c_fc.lora_B.weight"] = np.ones((64, 8), np.float32)
+    _rewrite_tensors(d, edit)
+    return d
+
+
+HF_BROKEN = {
+    "B rows not 3 x C": (_hf_bad_rows, r"c_attn: lora_B has shape \(47, 8\); a LoRA on the fused q, k, v "
+                                       r"layer needs 3 equal row blocks"),
+    "targeted layer missing": (_hf_missing_layer, r"h\.0\.attn\.c_attn: the config targets it, but the file "
+                                                  r"has no LoRA weights"),
+    "untargeted layer": (_hf_untargeted, r"h\.0\.mlp\.c_fc: not among the config's target_modules"),
+    "rank vs config": (_config_breaker(r=6, rank_pattern={}, alpha_pattern={}),
+                       r"c_attn: A \(8, 16\) in the file, but the config gives r=6"),
+    "use_dora": (_config_breaker(use_dora=True), r"use_dora=true: DoRA"),
+    "pissa": (_config_breaker(init_lora_weights="pissa"), r"init_lora_weights='pissa' on GPT-2"),
+    "NaN": (_set_tensor(f"{C_ATTN}.lora_A.weight", lambda a: a * np.nan), r"c_attn\.lora_A\.weight: holds NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(HF_BROKEN))
+def test_a_broken_hf_gpt2_adapter_raises_and_changes_nothing(case, tmp_path):
+    breaker, message = HF_BROKEN[case]
+    directory = breaker(ml.save_adapter(adapted(), tmp_path / "hf", layout="hf_gpt2"))
+    model = adapted(seed=7)
+    before = model_state(model)
+    with pytest.raises(ValueError, match=message):
+        ml.load_adapter(model, directory, adapter_name="new")
+    assert_unchanged(before, model)
+
+
+def test_hf_gpt2_layout_round_trips_inside_minilora(tmp_path):
+    """q and v exported as one c_attn LoRA (k rows zero) come back as q and v, same logits;
+    fan_in_fan_out=true is right for GPT-2's Conv1D layers and accepted there."""
+    model = adapted(["q_proj", "v_proj", "fc", "wte"])
+    ml.save_adapter(model, tmp_path / "hf", layout="hf_gpt2")
+    cfg = json.loads((tmp_path / "hf" / "adapter_config.json").read_text())
+    assert cfg["fan_in_fan_out"] is True and cfg["task_type"] == "CAUSAL_LM"
+    back = ml.load_adapter(gpt(), tmp_path / "hf")
+    assert set(lora_layers(back)) == set(lora_layers(model))               # no k_proj LoRA
+    # scaling folded into B and q, v sharing A's rows: float32 rounding only
+    assert np.abs(logits(back) - logits(model)).max() <= 1e-6
+
+
+def test_c_attn_lora_splits_exactly_and_skips_only_exact_zeros():
+    from minilora import hf_gpt2
+
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(3, 4)), rng.normal(size=(12, 3))
+    B[4:8] = 0.0                                                     # k's rows: exactly zero
+    B[9, 1] = 0.0
+    parts = hf_gpt2.adapter_from_hf("transformer.h.2.attn.c_attn", A, B)
+    assert list(parts) == ["transformer.h.2.attn.q_proj", "transformer.h.2.attn.v_proj"]
+    x = rng.normal(size=4)
+    assert np.array_equal(parts["transformer.h.2.attn.q_proj"][1] @ (A @ x), (B @ (A @ x))[:4])
+    assert np.array_equal(parts["transformer.h.2.attn.v_proj"][1] @ (A @ x), (B @ (A @ x))[8:])
+    B[5, 0] = 1e-30                                                  # tiny is not zero: k is kept
+    assert "transformer.h.2.attn.k_proj" in hf_gpt2.adapter_from_hf("transformer.h.2.attn.c_attn", A, B)
+    # and back: one shared A gives back the original (A, B)
+    back = hf_gpt2.adapter_to_hf(hf_gpt2.adapter_from_hf("transformer.h.2.attn.c_attn", A, B))
+    assert np.array_equal(back["transformer.h.2.attn.c_attn"][0], A)
+    assert np.array_equal(back["transformer.h.2.attn.c_attn"][1], B)
+
+
+def test_the_gpt2_name_map_goes_both_ways():
+    from minilora import hf_gpt2
+
+    for ours in ("transformer.h.3.attn.q_proj", "transformer.h.3.attn.o_proj", "transformer.h.3.mlp.fc",
+                 "transformer.h.3.mlp.proj", "transformer.wte", "lm_head", "transformer.h.3.ln_1"):
+        hf, third = hf_gpt2.to_hf(ours)
+        assert ours in hf_gpt2.from_hf(hf)
+        assert (third is not None) == (hf == "transformer.h.3.attn.c_attn")
+    assert hf_gpt2.to_hf("transformer.h.3.mlp.proj")[0] == "transformer.h.3.mlp.c_proj"
+    assert hf_gpt2.to_hf("transformer.h.3.attn.o_proj")[0] == "transformer.h.3.attn.c_proj"
+    assert hf_gpt2.from_hf("transformer.h.3.attn.v_proj") == []      # minilora's name, not GPT-2's

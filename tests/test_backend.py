@@ -149,14 +149,17 @@ def test_gradients_on_gpu_against_finite_differences(device_guard):
     ml.set_device("cuda")
     rng = np.random.default_rng(0)
     check_grads(lambda x, w: F.layer_norm(x @ w.T, None, None).tanh(), values(rng, (2, 3, 4)), values(rng, (5, 4)))
-    check_grads(lambda x: x[np.array([0, 0, 2])].max(axis=1), values(rng, (3, 4), "distinct"))
+    check_grads(lambda x: x[np.array([0, 0, 2])].amax(dim=1), values(rng, (3, 4), "distinct"))
 
 
-def test_tensor_to_cpu_is_a_leaf_on_the_cpu():
+def test_tensor_to_cpu_stays_in_the_graph():
+    # As PyTorch: .to() is differentiable, and a tensor already there is returned as it is.
     x = ml.Tensor(np.arange(3.0), requires_grad=True)
     y = (x * 2).to("cpu")
-    assert y.device == "cpu" and isinstance(y.data, np.ndarray) and y.requires_grad and y._backward is None
+    assert y.device == "cpu" and isinstance(y.data, np.ndarray) and y.requires_grad
     assert np.array_equal(y.numpy(), [0.0, 2.0, 4.0])
+    y.sum().backward()
+    assert np.array_equal(backend.to_numpy(x.grad), [2.0, 2.0, 2.0])
 
 
 def test_detach_shares_memory_and_stays_on_its_device():

@@ -5,8 +5,8 @@ the comm between kernel and browser, the slider's keyboard handling, the image
 refresh. It uses Debian's /usr/bin/chromium through the `playwright` package
 (never `playwright install`) and skips, saying why, without them.
 
-Screenshots: always under pytest's tmp dir; also in $MINILORA_SCREENSHOT_DIR
-when that is set (e.g. MINILORA_SCREENSHOT_DIR=tests/artifacts).
+Screenshots: in tests/artifacts/ (git-ignored), and also in
+$MINILORA_SCREENSHOT_DIR when that is set.
 """
 from __future__ import annotations
 
@@ -104,8 +104,12 @@ def jupyterlab(tmp_path):
         _stop(proc)
 
 
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
 def _save_screenshot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
     page.screenshot(path=str(path))
     extra = os.environ.get("MINILORA_SCREENSHOT_DIR")
     if extra:

@@ -118,7 +118,7 @@ def test_batch_masks_line_up_with_answers():
     for prompt, xr, yr in _rows(x, y):
         task = data.get_task(prompt[:3])
         answer = task.answer(task.input_of(prompt))
-        supervised = np.flatnonzero(yr != -1)
+        supervised = np.flatnonzero(yr != data.IGNORE)
         # the supervised targets are exactly the answer, in one contiguous run...
         assert TOKENIZER.decode(yr[supervised]) == answer
         assert np.array_equal(supervised, np.arange(supervised[0], supervised[0] + len(answer)))
@@ -129,7 +129,7 @@ def test_batch_masks_line_up_with_answers():
         assert np.array_equal(xr[1:supervised[-1] + 1][len(prompt) - 1:], yr[supervised][:-1])
         # after the example: padding in x, ignored in y
         end = len(prompt) + len(answer) - 1
-        assert np.all(xr[end:] == TOKENIZER.pad_id) and np.all(yr[end:] == -1)
+        assert np.all(xr[end:] == TOKENIZER.pad_id) and np.all(yr[end:] == data.IGNORE)
 
 
 def test_make_batch_mixes_tasks_uniformly():
@@ -242,3 +242,47 @@ def test_complete_groups_prompts_of_different_lengths_and_keeps_order(monkeypatc
 def test_exact_match_rejects_logits_of_the_wrong_shape():
     with pytest.raises(ValueError, match="logits_fn returned shape"):
         data.exact_match(lambda idx: np.zeros((idx.shape[0], TOKENIZER.vocab_size)), "cpy", n=4)
+
+
+# ----------------------------------------------------------------------------
+# conventions and argument checks
+
+
+def test_unsupervised_positions_use_pytorchs_ignore_index():
+    assert data.IGNORE == -100
+    _, y = data.make_batch(["rev"], 4, 32, np.random.default_rng(0))
+    assert set(np.unique(y[y < 0])) == {-100}
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "3"])
+def test_complete_refuses_a_bad_max_new_tokens(bad):
+    with pytest.raises(ValueError, match=rf"max_new_tokens={bad!r} must be a whole number >= 0"):
+        data.complete(lambda idx: np.zeros(idx.shape + (TOKENIZER.vocab_size,)), ["rev:123456="], bad)
+
+
+def test_complete_refuses_one_string_instead_of_a_list():
+    with pytest.raises(ValueError, match=r"write \['rev:123456='\]"):
+        data.complete(lambda idx: None, "rev:123456=", 3)
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(batch_size=True), dict(block_size=-3)])
+def test_make_batch_refuses_bad_sizes(kwargs):
+    args = dict(task_names=["rev"], batch_size=4, block_size=32, rng=np.random.default_rng(0))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
+        data.make_batch(**args)
+
+
+def test_greedy_decode_takes_the_argmax_and_stops_when_every_row_is_done():
+    end = TOKENIZER.end_id
+    calls = []
+
+    def logits_fn(idx):                       # next token: previous + 1, END after token 5
+        calls.append(idx.shape)
+        out = np.zeros(idx.shape + (TOKENIZER.vocab_size,))
+        nxt = np.where(idx[:, -1] >= 5, end, idx[:, -1] + 1)
+        out[np.arange(len(idx)), -1, nxt] = 1.0
+        return out
+    got = data.greedy_decode(logits_fn, np.array([[1, 2], [3, 4]]), 10, block_size=3, stop_id=end)
+    assert got.tolist() == [[1, 2, 3, 4, 5, end], [3, 4, 5, end, end, end]]
+    assert all(shape[1] <= 3 for shape in calls)          # never more than block_size fed

@@ -81,6 +81,133 @@ def test_demo_runs_end_to_end_quickly(tmp_path, capsys):
     assert summary["base_untouched"] is True
 
 
+def test_demo_shows_examples_both_recipes_and_median_step_times(tmp_path, capsys):
+    from minilora.demo import FULL_LR, LORA_LR, run_demo
+
+    summary = run_demo(steps=3, out_dir=tmp_path / "out", progress=False)
+    out = capsys.readouterr().out
+    assert f"3 steps, lr {FULL_LR:g}" in out and f"3 steps, lr {LORA_LR:g}" in out
+    assert "time per step (median)" in out
+    ex = summary["examples"]
+    assert len(ex["prompt"]) == 3 and all(p in out for p in ex["prompt"])
+    # the correct answers really are the task's answers, and each model's answer is printed
+    task = data.get_task(summary["tasks"][0])
+    assert ex["answer"] == [task.answer(task.input_of(p)) for p in ex["prompt"]]
+    assert all(a in out for key in ("base", "full", "lora") for a in ex[key] if a)
+    assert summary["learning_rates"] == {"full": FULL_LR, "lora": LORA_LR, "second": LORA_LR}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]      # no OUT.partial left behind
+
+
+def _stop_in_lora_phase(monkeypatch, demo, at_step):
+    """Make the demo's LoRA phase on task A raise KeyboardInterrupt (a Ctrl-C) at `at_step`."""
+    real = demo.task_batches
+    calls = {"n": 0}
+
+    def batches(tasks, *args):
+        get_batch = real(tasks, *args)
+        calls["n"] += 1
+        if calls["n"] != 2:                                   # 1: full, 2: LoRA on A, 3: LoRA on B
+            return get_batch
+
+        class Stopping:
+            def __call__(self, step):
+                if step == at_step:
+                    raise KeyboardInterrupt
+                return get_batch(step)
+
+            def __getattr__(self, name):
+                return getattr(get_batch, name)
+        return Stopping()
+    monkeypatch.setattr(demo, "task_batches", batches)
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_keeps_the_previous_outputs_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    import minilora.demo as demo
+
+    monkeypatch.setattr(demo, "CHECKPOINT_EVERY", 4)
+    out, straight = tmp_path / "out", tmp_path / "straight"
+    demo.run_demo(steps=10, out_dir=out, seed=0, progress=False)          # the previous complete run
+    previous = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    _stop_in_lora_phase(monkeypatch, demo, at_step=6)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(steps=10, out_dir=out, seed=1, progress=False)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == previous
+    partial = tmp_path / "out.partial"
+    assert "--resume" in (partial / "INCOMPLETE.txt").read_text()
+    assert json.loads((partial / "resume" / "lora" / "trainer_state.json").read_text())["next_step"] == 4
+    monkeypatch.undo()
+    monkeypatch.setattr(demo, "CHECKPOINT_EVERY", 4)
+
+    resumed = demo.run_demo(steps=10, out_dir=out, seed=1, progress=False, resume=True)
+    whole = demo.run_demo(steps=10, out_dir=straight, seed=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "straight"]
+    assert not (out / "INCOMPLETE.txt").exists() and not (out / "resume").exists()
+    for f in (f"full_{whole['tasks'][0]}/model.safetensors", f"adapter_{whole['tasks'][0]}/adapter_model.safetensors",
+              f"adapter_{whole['tasks'][1]}/adapter_model.safetensors"):
+        if ml.backend.device == "cpu":
+            assert (out / f).read_bytes() == (straight / f).read_bytes(), f
+    assert resumed["accuracy_after_swap"] == whole["accuracy_after_swap"]
+
+
+def test_resume_without_an_interrupted_run_is_a_clear_error(tmp_path):
+    from minilora.demo import run_demo
+
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        run_demo(steps=3, out_dir=tmp_path / "out", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        pretrained.pretrain(tmp_path / "p", steps=3, resume=True, progress=False)
+
+
+def test_an_interrupted_pretrain_resumes_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "CHECKPOINT_EVERY", 3)
+    whole = pretrained.pretrain(tmp_path / "whole", steps=8, seed=2, progress=False)
+
+    real = pretrained.TaskBatches.__call__
+
+    def stop_at_5(self, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(self, step)
+    monkeypatch.setattr(pretrained.TaskBatches, "__call__", stop_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.pretrain(tmp_path / "cut", steps=8, seed=2, progress=False)
+    assert not (tmp_path / "cut").exists() and (tmp_path / "cut.partial" / "INCOMPLETE.txt").exists()
+    monkeypatch.setattr(pretrained.TaskBatches, "__call__", real)
+    resumed = pretrained.pretrain(tmp_path / "cut", steps=8, seed=2, progress=False, resume=True)
+    assert not (tmp_path / "cut.partial").exists()
+    if ml.backend.device == "cpu":
+        a, b = whole.state_dict(), resumed.state_dict()
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_during_pretrain_exits_130_and_leaves_a_marked_partial_folder(tmp_path):
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "minilora.cli", "pretrain", "--out", str(tmp_path / "m")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    state = tmp_path / "m.partial" / "resume" / "trainer_state.json"
+    try:
+        deadline = time.time() + 120
+        while not state.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert state.exists(), "no resumable state appeared"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("pretrain")]
+    assert lines[-1] == "minilora: interrupted; run the same command with --resume to continue"
+    assert "Traceback" not in err
+    assert not (tmp_path / "m").exists() and (tmp_path / "m.partial" / "INCOMPLETE.txt").exists()
+
+
 @pytest.mark.slow
 def test_demo_defaults_meet_the_lora_quality_target(tmp_path):
     """With its default settings LoRA (r=4 on q, v) recovers >= 90% of full fine-tuning's gain."""
@@ -117,3 +244,26 @@ def test_cli_rejects_an_unknown_command():
     out = subprocess.run([sys.executable, "-m", "minilora.cli", "banana"], capture_output=True, text=True)
     assert out.returncode != 0
     assert "invalid choice" in out.stderr
+
+
+def test_a_fresh_run_never_discards_an_interrupted_one(tmp_path):
+    (tmp_path / "p.partial" / "resume").mkdir(parents=True)
+    (tmp_path / "p.partial" / "resume" / "trainer_state.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"p.partial holds an interrupted run: add --resume"):
+        pretrained.pretrain(tmp_path / "p", steps=3, progress=False)
+    assert (tmp_path / "p.partial" / "resume" / "trainer_state.json").read_text() == "{}"
+
+
+# ----------------------------------------------------------------- fair timing
+def test_timing_runs_in_blocks_with_a_settling_call_and_alternates_who_goes_first():
+    from minilora.timing import alternate, measure
+
+    log = []
+    contenders = {"a": lambda: log.append("a"), "b": lambda: log.append("b")}
+    result = measure(contenders, repeats=4, warmup=1, block=2)
+    #        warm-up  round 0: a settles, 2 timed; b too   round 1: b first this time
+    assert log == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert all(len(m["times"]) == 4 and m["spread"] >= 0 for m in result.values())
+    assert alternate(contenders, repeats=3, warmup=0).keys() == {"a", "b"}
+    with pytest.raises(ValueError, match="repeats=0 must be a whole number >= 1"):
+        measure(contenders, repeats=0)

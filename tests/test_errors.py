@@ -86,9 +86,11 @@ def test_cross_entropy_target_outside_the_classes(bad):
 
 def test_cross_entropy_bad_target_shape_dtype_and_all_ignored():
     logits = ml.Tensor(np.zeros((3, 5)))
-    with pytest.raises(ValueError, match=r"\(2,\).*\(3, 5\).*\(3,\)"):
+    with pytest.raises(ValueError) as info:
         F.cross_entropy(logits, np.array([0, 1]))
-    with pytest.raises(TypeError, match="integer"):
+    assert all(shape in str(info.value) for shape in ("(2,)", "(3, 5)", "(3,)"))   # given, input, needed
+    # float targets are class indices written wrongly, or probabilities of the wrong shape
+    with pytest.raises((TypeError, ValueError), match="integer|probability targets must have the input's shape"):
         F.cross_entropy(logits, np.array([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match="ignore_index=-100"):
         F.cross_entropy(logits, np.array([-100, -100, -100]))
@@ -116,11 +118,11 @@ def test_reshape_to_an_incompatible_shape():
     assert x.shape == (2, 3)
 
 
-def test_transpose_with_axes_that_are_not_a_permutation():
+def test_permute_with_dims_that_are_not_a_permutation():
     x = ml.Tensor(np.ones((2, 3)))
-    for axes in [(0, 0), (0,), (0, 5), (0, 1, 2)]:
-        with pytest.raises(ValueError, match=r"permutation.*\(2, 3\)"):
-            x.transpose(*axes)
+    for dims in [(0, 0), (0,), (0, 5), (0, 1, 2)]:
+        with pytest.raises((RuntimeError, IndexError), match=r"permutation.*\(2, 3\)"):
+            x.permute(*dims)
 
 
 def test_linear_with_the_wrong_input_width():
@@ -128,13 +130,13 @@ def test_linear_with_the_wrong_input_width():
     with pytest.raises(ValueError) as info:
         lin(ml.Tensor(np.ones((2, 5), dtype=np.float32)))
     msg = str(info.value)
-    assert "5 features" in msg and "(2, 5)" in msg and "(3, 4)" in msg and "in_features" in msg
+    assert "(2, 5)" in msg and "(3, 4)" in msg and "in_features" in msg
     assert lin.weight.grad is None
 
 
-def test_split_that_does_not_divide():
-    with pytest.raises(ValueError, match="size 5.*3 equal parts"):
-        ml.split(ml.Tensor(np.ones(5)), 3)
+def test_split_sizes_that_do_not_add_up():
+    with pytest.raises(RuntimeError, match="sum exactly to 5"):
+        ml.split(ml.Tensor(np.ones(5)), [2, 2])
 
 
 def test_concatenate_mismatched_shapes():

@@ -605,6 +605,23 @@ def test_adapter_names_are_checked():
     (dict(target_modules=[]), r"target_modules is empty"),
     (dict(rank_pattern={"v_proj": 0}), r"rank_pattern\['v_proj'\]=0 must be a positive integer"),
     (dict(alpha_pattern={"v_proj": -1}), r"alpha_pattern\['v_proj'\]=-1 must be positive"),
+    # a string is not a bool, NaN and inf are not numbers, a bool is not an int
+    (dict(use_rslora="false"), r"use_rslora='false' must be True or False \(a str is not a bool\)"),
+    (dict(use_rslora=1), r"use_rslora=1 must be True or False"),
+    (dict(lora_alpha=float("inf")), r"lora_alpha=inf must be positive"),
+    (dict(lora_alpha=float("nan")), r"lora_alpha=nan must be positive"),
+    (dict(lora_alpha="16"), r"lora_alpha='16' must be positive"),
+    (dict(r=True), r"r=True must be a positive integer"),
+    (dict(r="8"), r"r='8' must be a positive integer"),
+    (dict(target_modules=5), r"target_modules=5 must be a list of layer names"),
+    (dict(target_modules=["q_proj", 3]), r"target_modules entry 3 must be a non-empty layer name"),
+    (dict(target_modules="(unclosed"), r"'\(unclosed' is not a valid regular expression"),
+    (dict(init_lora_weights=1), r"init_lora_weights=1 must be True"),
+    (dict(lora_dropout=True), r"lora_dropout=True must be in \[0, 1\)"),
+    (dict(bias=None), r"bias=None must be 'none'"),
+    (dict(rank_pattern={"v_proj": True}), r"rank_pattern\['v_proj'\]=True must be a positive integer"),
+    (dict(rank_pattern=[("v_proj", 2)]), r"rank_pattern=\[\('v_proj', 2\)\] must be a dict"),
+    (dict(alpha_pattern={"v_proj": float("inf")}), r"alpha_pattern\['v_proj'\]=inf must be positive"),
 ])
 def test_lora_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -642,3 +659,42 @@ def test_short_lora_training_changes_only_a_and_b_and_lowers_the_loss():
             assert not np.array_equal(before[name], after[name]), f"{name} did not train"
         else:
             assert np.array_equal(before[name], after[name]), f"frozen {name} changed"
+
+
+@pytest.mark.parametrize("init", [True, "gaussian", "pissa"])
+def test_rank_above_the_layer_is_refused_naming_r_and_the_shape(init):
+    """PiSSA cannot build r > min(out, in) (W0 has only that many singular directions),
+    and for any init such an r adds nothing: refused before anything changes."""
+    config = ml.GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=8)
+    model = gpt(config=config)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.q_proj: r=9 is larger than the layer "
+                                         r"allows: its weight is \(8, 8\), so r must be at most 8"):
+        ml.apply_lora(model, ml.LoraConfig(r=9, target_modules=["fc", "q_proj"], init_lora_weights=init))
+    assert_same_state(before, snapshot(model))
+    assert not lora_layers(model) and not hasattr(model, "peft_config")
+    ml.apply_lora(model, ml.LoraConfig(r=8, target_modules=["q_proj"], init_lora_weights=init))   # the limit fits
+
+
+def test_all_linear_is_every_linear_but_the_output_head():
+    model = gpt()
+    ml.apply_lora(model, ml.LoraConfig(r=2, target_modules="all-linear"))
+    assert _wrapped(model) == {f"transformer.h.{i}.{m}" for i in range(2)
+                               for m in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
+                                         "mlp.fc", "mlp.proj")}
+
+
+def test_each_lora_layer_declares_its_adapter_tables():
+    """Generic code (save, load, delete, trainable flags) reads these tables by name."""
+    model = lora_gpt(["q_proj", "wte"])
+    ml.apply_lora(model, ml.LoraConfig(r=2, target_modules=["q_proj", "wte"]), "b")
+    for layer in lora_layers(model).values():
+        tables = type(layer).adapter_layer_names
+        assert len(tables) == 2 and all(set(getattr(layer, t)) == {"default", "b"} for t in tables)
+        weights = layer.adapter_weights("b")
+        assert list(weights) == list(type(layer).file_keys)
+        assert all(p.requires_grad is False for p in weights.values())     # "default" is active
+    ml.delete_adapter(model, "b")
+    for layer in lora_layers(model).values():
+        for table in type(layer).adapter_layer_names + type(layer).other_adapter_tables:
+            assert list(getattr(layer, table)) == ["default"]

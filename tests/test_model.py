@@ -196,7 +196,7 @@ def test_module_shapes_counts_gpt3_without_building_it():
 
 def attention_composed(q, k, v, keep=None):
     T, D = q.shape[-2], q.shape[-1]
-    scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))           # [B, H, T, T]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))           # [B, H, T, T]
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     p = F.softmax(scores.masked_fill(future, -np.inf), axis=-1)
     if keep is not None:
@@ -361,3 +361,20 @@ def test_config_rejects_non_positive_or_non_integer_sizes(field, value):
 def test_negative_temperature_is_an_error():
     with pytest.raises(ValueError, match="temperature=-1"):
         MODEL.generate(ids((1, 2)), 1, temperature=-1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_new_tokens=-1), r"max_new_tokens=-1 must be an integer >= 0"),
+    (dict(max_new_tokens=2.0), r"max_new_tokens=2.0 must be an integer"),
+    (dict(max_new_tokens=1, temperature=float("nan")), r"temperature=nan must be a number >= 0"),
+    (dict(max_new_tokens=1, temperature="hot"), r"temperature='hot' must be a number"),
+    (dict(max_new_tokens=1, temperature=1.0, top_k=0), r"top_k=0 must be a positive integer"),
+])
+def test_generate_refuses_nonsense_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MODEL.generate(ids((1, 2)), **kwargs)
+
+
+def test_config_refuses_a_bool_size():
+    with pytest.raises(ValueError, match=r"vocab_size=True must be a positive integer"):
+        GPTConfig(vocab_size=True, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)

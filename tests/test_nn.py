@@ -25,7 +25,7 @@ class Block(nn.Module):
         self.proj = nn.Linear(2 * dim, dim, bias=False)
 
     def forward(self, x):
-        return x + self.proj(self.drop(F.gelu(self.fc(self.ln(x)))))
+        return x + self.proj(self.drop(F.gelu(self.fc(self.ln(x)), approximate="tanh")))
 
 
 class Net(nn.Module):
@@ -368,3 +368,53 @@ def test_layers_keep_the_dtype_in_outputs_and_gradients(dtype):
         y.sum().backward()
         assert x.grad.dtype == dtype
     assert nn.Linear(2, 2).weight.dtype == np.float32          # the default is float32
+
+
+# ----------------------------------------------------------------------------
+# PyTorch's constructor spellings: LayerNorm over several dims, argument checks
+
+
+def test_layer_norm_module_normalises_over_the_trailing_dims_of_normalized_shape():
+    ln = nn.LayerNorm([3, 4]).to(np.float64)
+    assert ln.weight.shape == (3, 4) and ln.bias.shape == (3, 4) and ln.normalized_shape == (3, 4)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)) * 5 + 2
+    y = ln(ml.Tensor(x)).numpy()
+    flat = y.reshape(2, 12)
+    assert np.allclose(flat.mean(axis=1), 0, atol=1e-12) and np.allclose(flat.var(axis=1), 1, atol=1e-4)
+    assert nn.LayerNorm(4).normalized_shape == (4,) and nn.LayerNorm((2, 4)).normalized_shape == (2, 4)
+    assert nn.LayerNorm(4, elementwise_affine=False).weight is None
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(0, 2), lambda: nn.Linear(True, 2), lambda: nn.Linear(2, -1),
+                                  lambda: nn.Linear(2.0, 3), lambda: nn.Embedding(0, 2), lambda: nn.Embedding(3, True),
+                                  lambda: nn.Embedding(3, 2, padding_idx=3), lambda: nn.LayerNorm([]),
+                                  lambda: nn.LayerNorm([2, False]), lambda: nn.LayerNorm("4")])
+def test_layer_constructors_refuse_bad_sizes_up_front(make):
+    with pytest.raises(ValueError, match="must"):
+        make()
+
+
+def test_embedding_padding_idx_starts_at_zero_and_gets_no_gradient():
+    emb = nn.Embedding(5, 3, padding_idx=-1)
+    assert emb.padding_idx == 4 and np.all(emb.weight.numpy()[4] == 0)
+    emb(np.array([[4, 1, 4]])).sum().backward()
+    g = backend.to_numpy(emb.weight.grad)
+    assert np.all(g[4] == 0) and np.all(g[1] == 1)
+
+
+def test_activation_and_loss_modules_call_their_functions():
+    x = ml.Tensor(np.random.default_rng(1).standard_normal((2, 5)))
+    t = np.array([1, 4])
+    pairs = [(nn.ReLU(), F.relu(x)), (nn.Tanh(), F.tanh(x)), (nn.Sigmoid(), F.sigmoid(x)),
+             (nn.SiLU(), F.silu(x)), (nn.GELU(), F.gelu(x)), (nn.GELU("tanh"), F.gelu(x, approximate="tanh")),
+             (nn.Softmax(dim=0), F.softmax(x, dim=0)), (nn.LogSoftmax(dim=1), F.log_softmax(x, dim=1)),
+             (nn.LeakyReLU(0.2), F.leaky_relu(x, 0.2)), (nn.Softplus(2.0), F.softplus(x, 2.0))]
+    for module, expected in pairs:
+        assert np.array_equal(module(x).numpy(), expected.numpy()), type(module).__name__
+    assert nn.Identity(3, any="thing")(x) is x
+    assert nn.CrossEntropyLoss(label_smoothing=0.1)(x, t).item() == F.cross_entropy(x, t, label_smoothing=0.1).item()
+    assert nn.NLLLoss(reduction="sum")(x, t).item() == F.nll_loss(x, t, reduction="sum").item()
+    assert nn.MSELoss()(x, x * 2).item() == F.mse_loss(x, x * 2).item()
+    with pytest.raises(ValueError, match="reduction"):
+        nn.CrossEntropyLoss(reduction="average")
+    assert "approximate='tanh'" in repr(nn.GELU("tanh"))

@@ -179,3 +179,85 @@ def test_clip_grad_norm():
     assert abs(optim.clip_grad_norm_([p], max_norm=1.0) - 0.3) < 1e-12
     assert np.array_equal(backend.to_numpy(p.grad), [0.3, 0.0])
     assert optim.clip_grad_norm_([_param([1.0])], 1.0) == 0.0        # no gradients at all
+
+
+# ----------------------------------------------------------------------------
+# nonsense hyper-parameters are refused with the value and the fix
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda ps: optim.AdamW(ps, lr=float("nan")), "lr=nan must be a finite number in (0, inf)"),
+    (lambda ps: optim.AdamW(ps, lr=float("inf")), "lr=inf"),
+    (lambda ps: optim.AdamW(ps, lr=-1e-3), "lr=-0.001"),
+    (lambda ps: optim.AdamW(ps, eps=-1e-8), "eps=-1e-08 must be a finite number in [0, inf)"),
+    (lambda ps: optim.AdamW(ps, weight_decay=-0.1), "weight_decay=-0.1 must be a finite number in [0, inf) (0 turns"),
+    (lambda ps: optim.AdamW(ps, betas=(1.0, 0.9)), "betas=(1.0, 0.9) must be two numbers, each in [0, 1)"),
+    (lambda ps: optim.AdamW(ps, betas=(-0.1, 0.9)), "betas=(-0.1, 0.9)"),
+    (lambda ps: optim.AdamW(ps, betas=(0.9,)), "betas=(0.9,)"),
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.9), "momentum=-0.9"),
+    (lambda ps: optim.SGD(ps, lr=0.1, weight_decay=float("nan")), "weight_decay=nan"),
+    (lambda ps: optim.SGD([{"params": ps, "lr": -1.0}], lr=0.1), "lr=-1.0"),   # a group's own value too
+])
+def test_nonsense_hyperparameters_are_refused(make, needle):
+    with pytest.raises(ValueError) as info:
+        make([_param([1.0])])
+    assert needle in str(info.value)
+
+
+def test_a_string_hyperparameter_is_a_type_error():
+    with pytest.raises(TypeError, match=r"lr='0.1' must be a number"):
+        optim.SGD([_param([1.0])], lr="0.1")
+
+
+def test_a_single_parameter_instead_of_a_list_is_refused_as_in_pytorch():
+    p = _param([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"iterable of Tensors.*got a Parameter.*AdamW\(\[p\]\)"):
+        optim.AdamW(p)
+    with pytest.raises(TypeError, match="is not a Tensor"):
+        optim.AdamW([np.zeros(2)])
+
+
+def test_the_schedule_cannot_set_a_nonsense_learning_rate():
+    opt = optim.AdamW([_param([1.0])])
+    opt.lr = 0.0                                  # the end of a schedule may reach 0
+    for bad in (-1e-3, float("nan")):
+        with pytest.raises(ValueError, match="lr="):
+            opt.lr = bad
+    assert opt.lr == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1, -1e-3, 0, float("nan")])
+def test_clip_grad_norm_refuses_a_max_norm_that_is_not_positive(bad):
+    p = _param([3.0, 4.0])
+    _set_grad(p, [3.0, 4.0])
+    with pytest.raises(ValueError, match=rf"clip_grad_norm_: max_norm={bad!r}"):
+        optim.clip_grad_norm_([p], bad)
+    assert np.array_equal(backend.to_numpy(p.grad), [3.0, 4.0])      # the sign was not flipped
+
+
+def test_clip_grad_norm_accepts_one_tensor_and_leaves_a_nan_norm_for_the_caller():
+    p = _param([3.0, 4.0])
+    _set_grad(p, [3.0, 4.0])
+    assert abs(optim.clip_grad_norm_(p, 1.0) - 5.0) < 1e-12
+    _set_grad(p, [np.nan, 1.0])
+    assert math.isnan(optim.clip_grad_norm_([p], 1.0))
+    assert optim.clip_grad_norm_([p], math.inf) != 0.0
+
+
+def test_optimizer_state_round_trips_and_refuses_a_mismatch():
+    p, q = _param([1.0, 2.0]), _param([[1.0]])
+    opt = optim.AdamW([p, q], lr=0.1)
+    _set_grad(p, [0.5, -0.5])
+    _set_grad(q, [[2.0]])
+    opt.step()
+    arrays, info = opt.state_dict()
+    assert set(arrays) == {"0.exp_avg", "0.exp_avg_sq", "1.exp_avg", "1.exp_avg_sq"}
+    assert info["scalars"] == {"0.step": 1, "1.step": 1}
+    fresh = optim.AdamW([_param([1.0, 2.0]), _param([[1.0]])], lr=0.1)
+    fresh.load_state_dict(arrays, info)
+    again, _ = fresh.state_dict()
+    assert all(np.array_equal(arrays[k], again[k]) for k in arrays)
+    with pytest.raises(ValueError, match="AdamW with 2 trainable parameters, this optimizer is AdamW with 1"):
+        optim.AdamW([_param([1.0, 2.0])]).load_state_dict(arrays, info)
+    with pytest.raises(ValueError, match=r"0.exp_avg has shape \(2,\)"):
+        optim.AdamW([_param([1.0, 2.0, 3.0]), _param([[1.0]])]).load_state_dict(arrays, info)

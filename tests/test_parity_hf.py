@@ -202,7 +202,7 @@ def small_gpt(bias=True, seed=0) -> ml.GPT:
     return model.to(np.float64)
 
 
-IGNORE = -1   # minilora's TrainConfig.ignore_index; passed to both sides explicitly
+IGNORE = -100   # minilora's (and PyTorch's) ignore_index; passed to both sides explicitly
 
 
 def targets_with_ignored(rng, shape, vocab):

@@ -84,6 +84,14 @@ UNARY = {
     "sub_scalar": (lambda x: x - 1.5, "any"),
     "div_scalar": (lambda x: x / 3.0, "any"),
     "astype_float64": (lambda x: x.astype(np.float64), "any"),
+    "abs": (lambda x: x.abs(), "away0"),
+    "clamp": (lambda x: x.clamp(-0.5, 0.7), "any"),
+    "clamp_min_only": (lambda x: x.clamp(min=0.1), "any"),
+    "flatten": (lambda x: x.flatten(), "any"),
+    "unsqueeze_squeeze": (lambda x: x.unsqueeze(0).squeeze(0) * x.unsqueeze(-1).squeeze(-1), "any"),
+    "cumsum": (lambda x: x.cumsum(0) * x, "any"),
+    "prod": (lambda x: x.prod(), "any"),
+    "clone": (lambda x: x.clone() * x, "any"),
     # the same intermediate used on several paths of different depth
     "reused_intermediate": (lambda x: (lambda y: y * y.sum() + (y * 2).exp())(x.tanh()), "any"),
 }
@@ -163,8 +171,12 @@ def shape_and_axis(draw):
 
 REDUCTIONS = {
     "sum": lambda x, axis, keep: x.sum(axis=axis, keepdims=keep),
-    "mean": lambda x, axis, keep: x.mean(axis=axis, keepdims=keep),
-    "max": lambda x, axis, keep: x.max(axis=axis, keepdims=keep),
+    "mean": lambda x, axis, keep: x.mean(dim=axis, keepdim=keep),
+    "amax": lambda x, axis, keep: x.amax(axis=axis, keepdims=keep),
+    "amin": lambda x, axis, keep: x.amin(dim=axis, keepdim=keep),
+    "var": lambda x, axis, keep: x.var(dim=axis, keepdim=keep, correction=0),
+    "std": lambda x, axis, keep: x.std(dim=axis, keepdim=keep, unbiased=False),
+    "logsumexp": lambda x, axis, keep: x.logsumexp(dim=axis, keepdim=keep),
 }
 
 
@@ -181,10 +193,31 @@ def test_reduction_gradients(name, case, seed):
     check_grads(lambda t: reduce(t, axis, keep), x, seed=seed)
 
 
+@pytest.mark.parametrize("name", ["max", "min"])
+@FAST
+@given(shape=shapes, seed=seeds, data=st.data())
+def test_max_and_min_with_a_dim_give_values_and_indices(name, shape, seed, data):
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    keep = data.draw(st.booleans())
+    x = values(np.random.default_rng(seed), shape, "distinct")
+    check_grads(lambda t: getattr(t, name)(dim, keep).values, x, seed=seed)
+    got = getattr(ml.Tensor(x), name)(dim=dim, keepdim=keep)
+    arg = getattr(np, "arg" + name)(x, axis=dim, keepdims=keep)
+    assert np.array_equal(got.indices.numpy(), arg) and got.indices.dtype == np.int64
+    assert np.array_equal(got[0].numpy(), getattr(np, name)(x, axis=dim, keepdims=keep))
+    assert np.array_equal(getattr(ml.Tensor(x), "arg" + name)(dim, keep).numpy(), arg)
+
+
+def test_max_with_a_dim_sends_the_gradient_to_the_first_maximum_only():
+    x = ml.Tensor(np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]), requires_grad=True)
+    x.max(1).values.sum().backward()                     # PyTorch: the index it returns
+    assert np.array_equal(backend.to_numpy(x.grad), [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
 def test_max_ties_share_the_gradient_equally():
     # As torch.amax: each of the k tied maxima gets 1/k of the gradient.
     x = ml.Tensor(np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0], [5.0, 0.0, 1.0]]), requires_grad=True)
-    x.max(axis=1).backward(np.array([1.0, 3.0, 2.0]))
+    x.amax(dim=1).backward(np.array([1.0, 3.0, 2.0]))
     expected = np.array([[0.0, 0.5, 0.5], [1.0, 1.0, 1.0], [2.0, 0.0, 0.0]])
     assert np.allclose(backend.to_numpy(x.grad), expected, rtol=0, atol=1e-15)
     y = ml.Tensor(np.array([[4.0, 1.0], [4.0, 4.0]]), requires_grad=True)
@@ -209,16 +242,25 @@ def test_reshape_gradients(shape, seed, data):
 def test_transpose_gradients(shape, seed, data):
     perm = tuple(data.draw(st.permutations(range(len(shape)))))
     x = values(np.random.default_rng(seed), shape)
-    check_grads(lambda t: t.transpose(*perm), x, seed=seed)
-    check_grads(lambda t: t.transpose(perm), x, seed=seed)
-    check_grads(lambda t: t.transpose(), x, seed=seed)
+    d0, d1 = data.draw(st.integers(-len(shape), len(shape) - 1)), data.draw(st.integers(0, len(shape) - 1))
+    check_grads(lambda t: t.permute(*perm), x, seed=seed)
+    check_grads(lambda t: t.permute(perm), x, seed=seed)
+    check_grads(lambda t: t.transpose(d0, d1), x, seed=seed)
     check_grads(lambda t: t.T, x, seed=seed)
+    if len(shape) >= 2:
+        check_grads(lambda t: t.mT, x, seed=seed)
+    assert np.array_equal(ml.Tensor(x).transpose(d0, d1).numpy(), np.swapaxes(x, d0, d1))
+    assert np.array_equal(ml.Tensor(x).permute(*perm).numpy(), x.transpose(perm))
 
 
-def test_transpose_reverses_the_axes_like_numpy():
+def test_transpose_swaps_two_dims_and_refuses_numpy_permutations():
     x = np.arange(24.0).reshape(2, 3, 4)
     assert np.array_equal(ml.Tensor(x).T.numpy(), x.T)
-    assert np.array_equal(ml.Tensor(x).transpose(1, 0, 2).numpy(), x.transpose(1, 0, 2))
+    assert ml.Tensor(np.ones((2, 3))).transpose(0, 1).shape == (3, 2)      # PyTorch's meaning
+    assert ml.Tensor(x).mT.shape == (2, 4, 3)
+    for wrong in [(1, 0, 2), ((1, 0, 2),), (), (0,)]:
+        with pytest.raises(TypeError, match="permute"):
+            ml.Tensor(x).transpose(*wrong)
 
 
 GETITEM = [
@@ -299,13 +341,13 @@ def test_stack_gradients(shape, k, seed, data):
 def test_split_gradients(shape, seed, data):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
     size = shape[axis]
-    divisors = [d for d in range(1, size + 1) if size % d == 0]
+    cuts = data.draw(st.lists(st.integers(0, size), max_size=3).map(sorted))
     sections = data.draw(st.one_of(
-        st.sampled_from(divisors),
-        st.lists(st.integers(0, size), max_size=3).map(sorted)))
+        st.integers(1, size + 1),                                   # chunk size, as torch.split
+        st.just([b - a for a, b in zip([0, *cuts], [*cuts, size])])))  # piece sizes
 
     def weighted_pieces(t):
-        pieces = ml.split(t, sections, axis=axis)
+        pieces = ml.split(t, sections, dim=axis)
         total = t.sum() * 0.0
         for i, p in enumerate(pieces):
             total = total + (p * p).sum() * (i + 1.0)   # each piece weighted differently
@@ -313,8 +355,10 @@ def test_split_gradients(shape, seed, data):
 
     x = values(np.random.default_rng(seed), shape)
     check_grads(weighted_pieces, x, seed=seed)
-    got = [p.numpy() for p in ml.split(ml.Tensor(x), sections, axis=axis)]
-    want = np.split(x, sections, axis=axis)
+    got = [p.numpy() for p in ml.split(ml.Tensor(x), sections, axis)]
+    points = (list(range(sections, size, sections)) if isinstance(sections, int)
+              else list(np.cumsum(sections)[:-1]))
+    want = np.split(x, points, axis=axis)
     assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
@@ -369,13 +413,58 @@ def test_gradients_accumulate_across_backward_calls_and_retain_graph():
     assert y.grad is None                       # intermediate gradients are not kept
 
 
-def test_graph_is_freed_after_backward():
+def test_saved_arrays_are_freed_after_backward():
+    # exp keeps its output for backward: freed. sum keeps nothing: it stays, as in PyTorch.
     x = ml.Tensor(np.ones(3), requires_grad=True)
     h = x.exp()
     loss = h.sum()
     loss.backward()
-    assert h._backward is None and h._parents == () and h.grad is None
-    assert loss._backward is None and loss._parents == ()
+    assert h._parents == () and h.grad is None and h._backward is not None
+    assert loss._parents == (h,)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+    assert np.allclose(backend.to_numpy(x.grad), np.e, rtol=1e-15)    # unchanged by the refusal
+
+
+def test_reusing_an_intermediate_after_backward():
+    # PyTorch: y = x * 3 saved the factor, so a second backward through it raises, and
+    # with retain_graph=True on the first it adds up to 2*y*3 + 2*3 = 18x + 6.
+    x0 = np.array([1.0, 2.0])
+    x = ml.Tensor(x0, requires_grad=True)
+    y = x * 3.0
+    (y * y).sum().backward()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        (y * 2.0).sum().backward()
+    x = ml.Tensor(x0, requires_grad=True)
+    y = x * 3.0
+    (y * y).sum().backward(retain_graph=True)
+    (y * 2.0).sum().backward()
+    assert np.array_equal(backend.to_numpy(x.grad), 18 * x0 + 6)
+    # ops that save nothing (add, sum, reshape) can be differentiated again
+    x = ml.Tensor(x0, requires_grad=True)
+    z = (x + 1.0).reshape(2, 1).sum()
+    z.backward()
+    z.backward()
+    assert np.array_equal(backend.to_numpy(x.grad), [2.0, 2.0])
+
+
+@pytest.mark.parametrize("idx", [((0, 0, 1), slice(None)), [0, 0, 1], ((0, 0, 1),),
+                                 np.array([True, False, True]), (slice(None), [1, 1]),
+                                 ([2, 2], [1, 1]), (np.array([[0], [0]]), [1, 1, 0])])
+def test_getitem_with_repeats_accumulates(idx):
+    x0 = np.arange(6.0).reshape(3, 2)
+    x = ml.Tensor(x0, requires_grad=True)
+    x[idx].sum().backward()
+    want = np.zeros_like(x0)
+    np.add.at(want, idx, 1.0)
+    assert np.array_equal(backend.to_numpy(x.grad), want)
+
+
+def test_two_leaves_never_share_a_gradient_array():
+    a, b = ml.Tensor(np.ones(2), requires_grad=True), ml.Tensor(np.ones(2), requires_grad=True)
+    (a + b).backward(np.array([1.0, 2.0]))
+    a.grad *= 0                                             # an in-place edit of one
+    assert np.array_equal(backend.to_numpy(b.grad), [1.0, 2.0])
 
 
 def test_backward_with_explicit_gradient_scales_the_result():
@@ -404,7 +493,15 @@ def _all_ops():
         **{f"binary:{k}": (lambda f: (lambda a, b: f(a, b)))(v[0]) for k, v in BINARY.items()},
         **{f"unary:{k}": (lambda f: (lambda a, b: f(a)))(v[0]) for k, v in UNARY.items()},
         "matmul": lambda a, b: a @ b.T,
-        "sum": lambda a, b: a.sum(axis=1), "mean": lambda a, b: a.mean(), "max": lambda a, b: a.max(axis=0),
+        "sum": lambda a, b: a.sum(axis=1), "mean": lambda a, b: a.mean(), "max": lambda a, b: a.max(dim=0).values,
+        "amax": lambda a, b: a.amax(1), "max_all": lambda a, b: a.max(), "var": lambda a, b: a.var(0),
+        "std": lambda a, b: a.std(), "logsumexp": lambda a, b: a.logsumexp(1), "prod": lambda a, b: a.prod(1),
+        "cumsum": lambda a, b: a.cumsum(1), "abs": lambda a, b: a.abs(), "clamp": lambda a, b: a.clamp(0.2, b),
+        "maximum": lambda a, b: ml.maximum(a, b), "minimum": lambda a, b: ml.minimum(a, b),
+        "tril": lambda a, b: a.tril(), "triu": lambda a, b: ml.triu(a, 1), "expand": lambda a, b: a[:1].expand(3, 4),
+        "gather": lambda a, b: a.gather(1, ml.Tensor(ids % 3)[:, :2]), "einsum": lambda a, b: ml.einsum("ij,kj->ik", a, b),
+        "permute": lambda a, b: a.permute(1, 0), "mT": lambda a, b: a.mT, "unsqueeze": lambda a, b: a.unsqueeze(1),
+        "cat": lambda a, b: ml.cat([a, b], dim=1), "chunk": lambda a, b: a.chunk(2, 1)[0], "clone": lambda a, b: a.clone(),
         "reshape": lambda a, b: a.reshape(-1), "transpose": lambda a, b: a.transpose(1, 0),
         "T": lambda a, b: a.T, "getitem": lambda a, b: a[[0, 0, 2]], "getitem_slice": lambda a, b: a[1:],
         "concatenate": lambda a, b: ml.concatenate([a, b]), "stack": lambda a, b: ml.stack([a, b], axis=1),
@@ -472,9 +569,9 @@ def test_frozen_weight_in_matmul_gets_no_gradient_and_no_work():
     assert w_f.grad is None and w_t.grad is not None
     assert np.array_equal(backend.to_numpy(x_f.grad), backend.to_numpy(x_t.grad))
     # Trainable: matmul computes dx and d(W.T), transpose turns d(W.T) into dW.
-    assert trained["grads:matmul"] == 2 and trained["rules:transpose"] == 1
+    assert trained["grads:matmul"] == 2 and trained["rules:permute"] == 1
     # Frozen: W.T recorded no closure, and matmul computed only dx.
-    assert frozen["grads:matmul"] == 1 and frozen["rules:transpose"] == 0
+    assert frozen["grads:matmul"] == 1 and frozen["rules:permute"] == 0
     assert frozen["grads"] == trained["grads"] - 2
 
 

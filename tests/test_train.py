@@ -6,10 +6,12 @@ steps, so the loop is checked to learn, not merely to run.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -150,6 +152,84 @@ def test_an_infinite_weight_stops_training_at_step_0():
         train(model, successor_batches(), TrainConfig(steps=3), progress=False)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_after_divergence_the_weights_are_those_of_the_last_finite_step():
+    cfg = TrainConfig(steps=30, lr=1e6, warmup=0, grad_clip=0.0)
+    model = tiny()
+    with pytest.raises(FloatingPointError, match=r"at step (\d+)") as info:
+        train(model, successor_batches(), cfg, progress=False)
+    failed = int(info.value.args[0].split("at step ")[1].split()[0])
+    assert f"the weights are those after step {failed - 1}" in str(info.value)
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+    # the same run, stopped (as by Ctrl-C) just before the failing step, has exactly these weights
+    replay = tiny()
+    batches = successor_batches()
+
+    def until_failed(step):
+        if step == failed:
+            raise KeyboardInterrupt
+        return batches(step)
+    with pytest.raises(KeyboardInterrupt):
+        train(replay, until_failed, cfg, progress=False)
+    replay_state = replay.state_dict()
+    assert all(np.array_equal(replay_state[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_before_the_update(monkeypatch):
+    model = tiny()
+    before = model.state_dict()
+    real_clip = train_module.clip_grad_norm_
+
+    def poisoned(params, max_norm):
+        params = list(params)
+        params[0].grad = params[0].grad * np.nan             # an overflow in backward
+        return real_clip(params, max_norm)
+    monkeypatch.setattr(train_module, "clip_grad_norm_", poisoned)
+    with pytest.raises(FloatingPointError, match=r"gradient norm became nan \(loss .*\) at step 0 .*the weights were not changed"):
+        train(model, successor_batches(), TrainConfig(steps=3, grad_clip=0.0), progress=False)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("grad_clip", -1.0, "grad_clip=-1.0 must be a finite number in [0, inf)"),
+    ("min_lr_ratio", -0.5, "min_lr_ratio=-0.5 must be a finite number in [0, 1]"),
+    ("min_lr_ratio", 1.5, "min_lr_ratio=1.5"),
+    ("lr", float("nan"), "lr=nan"),
+    ("lr", float("inf"), "lr=inf"),
+    ("lr", -1e-3, "lr=-0.001"),
+    ("weight_decay", -0.01, "weight_decay=-0.01"),
+    ("betas", (0.9, 1.0), "betas[1]=1.0 must be a finite number in [0, 1)"),
+    ("steps", 0, "steps=0 must be at least 1"),
+    ("warmup", -1, "warmup=-1 must be at least 0"),
+])
+def test_train_config_refuses_nonsense(field, value, needle):
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**{field: value})
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("field, value", [("steps", True), ("steps", 2.5), ("lr", "1e-3"), ("eval_every", None)])
+def test_train_config_refuses_the_wrong_type(field, value):
+    with pytest.raises(TypeError, match=f"{field}="):
+        TrainConfig(**{field: value})
+
+
+def test_targets_marked_minus_100_do_not_count_as_in_pytorch():
+    assert TrainConfig().ignore_index == -100
+    x, y = successor_batches()(0)
+    y = y.copy()
+    y[:, ::2] = -100
+    model = tiny()
+    full = evaluate_loss(model, [(x, y)])
+    kept = y != -100
+    assert full == pytest.approx(evaluate_loss(model, [(x, np.where(kept, y, -100))]), abs=0)
+    logits = logits_fn(model)(x).astype(np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    by_hand = -np.take_along_axis(logp, np.where(kept, y, 0)[..., None], -1)[..., 0][kept].mean()
+    assert full == pytest.approx(by_hand, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # evaluation callback
 
@@ -228,15 +308,22 @@ def _fail_on_call(real, n):
     return fake
 
 
+def _no_exchange(a, b):
+    """A platform without an atomic exchange of two folders: files.py falls back to two renames."""
+    raise OSError(errno.ENOSYS, "no exchange here")
+
+
 FAILURES = {
     "serialising the weights": lambda mp: mp.setattr(train_module, "safetensors_bytes",
                                                      _fail_on_call(files.safetensors_bytes, 1)),
     "after the first file is written": lambda mp: mp.setattr(files.os, "fsync",
                                                              _fail_on_call(os.fsync, 2)),
-    "moving the old directory aside": lambda mp: mp.setattr(files.os, "replace",
-                                                            _fail_on_call(os.replace, 1)),
-    "moving the new directory in": lambda mp: mp.setattr(files.os, "replace",
-                                                         _fail_on_call(os.replace, 2)),
+    "exchanging the two directories": lambda mp: mp.setattr(files, "_exchange",
+                                                            _fail_on_call(files._exchange, 1)),
+    "moving the old directory aside (no exchange)": lambda mp: (
+        mp.setattr(files, "_exchange", _no_exchange), mp.setattr(files.os, "replace", _fail_on_call(os.replace, 1))),
+    "moving the new directory in (no exchange)": lambda mp: (
+        mp.setattr(files, "_exchange", _no_exchange), mp.setattr(files.os, "replace", _fail_on_call(os.replace, 2))),
 }
 
 
@@ -312,5 +399,65 @@ def test_a_checkpoint_whose_config_disagrees_with_its_weights_does_not_load(tmp_
     info = json.loads((directory / "config.json").read_text())
     info["gpt_config"]["vocab_size"] = V + 1
     (directory / "config.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match=rf"transformer\.wte\.weight: checkpoint shape \({V}, 16\)"):
+    with pytest.raises(ValueError, match=rf"transformer\.wte\.weight: file \({V}, 16\) != config \({V + 1}, 16\)"):
         load_checkpoint(directory)
+
+
+# ----------------------------------------------------------------------------
+# checkpoints: what cannot be loaded back is refused
+
+
+def test_save_checkpoint_refuses_a_lora_model_and_names_both_fixes(tmp_path):
+    from minilora.lora import LoraConfig, apply_lora, merge_and_unload
+
+    model = apply_lora(tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match=r"LoRA layers .*save_adapter\(model, dir\).*merge_and_unload"):
+        save_checkpoint(model, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+    x = successor_batches()(0)[0]
+    expected = logits_fn(model)(x)
+    directory = save_checkpoint(merge_and_unload(model), tmp_path / "ckpt")     # the fix works
+    np.testing.assert_allclose(logits_fn(load_checkpoint(directory))(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_config_asking_for_a_huge_model_fails_before_building_it(tmp_path, monkeypatch):
+    directory = save_checkpoint(tiny(), tmp_path / "ckpt")
+    info = json.loads((directory / "config.json").read_text())
+    info["gpt_config"]["n_layer"] = 100_000
+    (directory / "config.json").write_text(json.dumps(info))
+    built = []
+    monkeypatch.setattr(train_module, "GPT", lambda config: built.append(config))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"config.json says n_layer=100000 but model.safetensors holds 1 "
+                                         r"layers; nothing was built"):
+        load_checkpoint(directory)
+    assert built == [] and time.perf_counter() - start < 1.0
+    # a smaller disagreement is found by comparing every shape
+    info["gpt_config"]["n_layer"], info["gpt_config"]["n_embd"] = 1, 32
+    (directory / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"transformer\.wte\.weight: file \(11, 16\) != config \(11, 32\)"):
+        load_checkpoint(directory)
+    assert built == []
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("vocab_size", True, "gpt_config.vocab_size=True has the wrong type (bool)"),
+    ("n_layer", "1", "gpt_config.n_layer='1' has the wrong type (str)"),
+    ("n_embd", 16.0, "gpt_config.n_embd=16.0 has the wrong type (float)"),
+    ("bias", "false", "gpt_config.bias='false' has the wrong type (str); write it as true or false"),
+    ("n_head", 0, "n_head=0 must be a positive integer"),
+    ("rotary", True, "fields GPTConfig does not know: ['rotary']"),
+])
+def test_config_fields_are_type_checked_on_load(tmp_path, field, value, needle):
+    directory = save_checkpoint(tiny(), tmp_path / "ckpt")
+    info = json.loads((directory / "config.json").read_text())
+    info["gpt_config"][field] = value
+    (directory / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(directory)
+    assert needle in str(err.value)
+
+
+def test_gpt_config_refuses_a_bool_size():
+    with pytest.raises(ValueError, match="vocab_size=True must be a positive integer"):
+        GPTConfig(vocab_size=True, block_size=8, n_layer=1, n_head=1, n_embd=8)

@@ -99,3 +99,41 @@ def test_widgets_leave_pyplot_alone():
     svd_explorer(np.eye(4)).slider.value = 2
     param_count_explorer().slider.value = 3
     assert plt.get_fignums() == before
+
+
+def test_param_count_explorer_keeps_r_at_most_d():
+    w = param_count_explorer()
+    w.d_slider.value = 16
+    assert w.r_slider.max == 16 and w.r_slider.value <= 16
+    w.r_slider.value = 16
+    text = w.text.value
+    assert "0x fewer" not in text and "no saving" in text          # 2dr = 512 > d^2 = 256
+    w.d_slider.value = 768
+    assert w.r_slider.max == 64
+    w.r_slider.value = 8
+    assert "48.0x fewer" in w.text.value                           # 589,824 / 12,288
+
+
+def test_trainable_toggle_measures_what_training_stores():
+    from minilora.widgets import trainable_toggle
+
+    w = trainable_toggle()
+    assert isinstance(w, ipywidgets.Box)
+    # LoRA r = 4 on q, v of 2 blocks: 2 x 2 x 4 x (64 + 64) = 2,048 float32 numbers
+    assert w.measured["trainable"] == 2048
+    assert w.measured["grad_bytes"] == 2048 * 4 and w.measured["adam_bytes"] == 2 * 2048 * 4
+    assert "2,048 of" in w.text.value
+    lora_text = w.text.value
+
+    w.full.click()                                   # every base weight, no adapter
+    total = sum(p.size for p in w.model.parameters())
+    assert w.measured["trainable"] == total - 2048
+    assert w.measured["adam_bytes"] == 2 * 4 * (total - 2048)
+    assert w.text.value != lora_text
+
+    w.select(["lora A, B", "layernorm"])             # LayerNorms: 5 vectors of 64 weights and biases
+    assert w.measured["trainable"] == 2048 + 5 * 2 * 64
+    w.boxes["layernorm"].value = False
+    assert w.measured["trainable"] == 2048
+    w.select([])
+    assert w.measured["trainable"] == 0 and "nothing is trainable" in w.text.value

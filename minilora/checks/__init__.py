@@ -16,3 +16,12 @@ One module per notebook; `feedback.py` holds what they share.
 """
 from minilora.checks.feedback import ExerciseError, hint
 from minilora.checks.linalg_exercises import *  # noqa: F401,F403  01-03
+from minilora.checks.autograd import *  # noqa: F401,F403  04
+from minilora.checks.transformer import *  # noqa: F401,F403  05
+from minilora.checks.lora_layer import *  # noqa: F401,F403  06
+from minilora.checks.frozen import *  # noqa: F401,F403  07
+from minilora.checks.train_lora import *  # noqa: F401,F403  08
+from minilora.checks.intrinsic_rank import *  # noqa: F401,F403  09
+from minilora.checks.paper import *  # noqa: F401,F403  10
+from minilora.checks.earlier_methods import *  # noqa: F401,F403  11
+from minilora.checks.gpu import *  # noqa: F401,F403  12

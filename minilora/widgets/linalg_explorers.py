@@ -180,7 +180,7 @@ class ParamCountExplorer(widgets.VBox):
     def __init__(self, d: int = 768, r: int = 8):
         self.d_slider = widgets.IntSlider(value=d, min=16, max=16384, step=16, description="width d",
                                           continuous_update=False, layout=widgets.Layout(width="60%"))
-        self.r_slider = widgets.IntSlider(value=r, min=1, max=64, step=1, description="rank r",
+        self.r_slider = widgets.IntSlider(value=min(r, d), min=1, max=min(64, d), step=1, description="rank r",
                                           continuous_update=False, layout=widgets.Layout(width="60%"))
         self.slider = self.r_slider
         self.image = widgets.Image(format="png")
@@ -192,6 +192,8 @@ class ParamCountExplorer(widgets.VBox):
         self.redraw()
 
     def _on_change(self, change: dict) -> None:
+        # A rank cannot exceed the matrix's size: keep r <= d (moving r's max clamps its value).
+        self.r_slider.max = min(64, int(self.d_slider.value))
         self.redraw()
 
     def redraw(self) -> None:
@@ -219,8 +221,10 @@ class ParamCountExplorer(widgets.VBox):
         fig.subplots_adjust(left=0.11, right=0.97, bottom=0.14, top=0.9)
         self.image.value = figure_to_png(fig)
 
+        fewer = (f"{here.dense / here.factored:,.1f}x fewer" if here.saves
+                 else f"{here.factored / here.dense:,.2f}x as many: no saving")
         rows = [f"d = {d:,}, r = {r}: 2dr = {here.factored:,} vs d^2 = {here.dense:,}"
-                f" &nbsp; ratio 2r/d = {here.ratio:.4%} ({here.dense / here.factored:,.0f}x fewer)"]
+                f" &nbsp; ratio 2r/d = {here.ratio:.4%} ({fewer})"]
         for name, width in MODEL_WIDTHS.items():
             s = factorization_storage(width, width, r)
             rows.append(f"{name} (d = {width:,}): {s.factored:,} vs {s.dense:,} &nbsp; ratio {s.ratio:.4%}")
