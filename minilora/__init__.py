@@ -4,6 +4,10 @@ Read the package in the order of its data flow; each layer uses only the ones
 before it:
 
     backend -> tensor -> functional -> nn -> optim -> model -> lora -> adapters
+
+(tensor is tensor.py, the autograd core, then the op families beside it, in the
+order its docstring gives: tensor_rules, _convert, _compare, _reductions,
+_shape, _creation.)
 """
 import numpy as np
 
@@ -51,5 +55,6 @@ from minilora.lora import (
 from minilora.adapters import load_adapter, save_adapter
 from minilora.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from minilora import checks, data, linalg, pretrained
+from minilora import lora_count  # count_lora_params: LoRA parameters from shapes alone
 
 __version__ = "0.1.0"

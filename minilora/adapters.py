@@ -35,7 +35,7 @@ from minilora import backend, hf_gpt2
 from minilora.files import (json_bytes, read_json, read_safetensors,
                             safetensors_bytes, write_dir_atomically)
 from minilora.lora import (LORA_LAYER_FOR, LORA_LAYERS, LoraConfig, LoraLayer, check_adapter_name,
-                           check_rank_fits, lora_class_for, lora_layers, mark_trainable, match_targets, set_adapter,
+                           check_rank_fits, lora_class_for, lora_layers, match_targets, set_adapter,
                            targeted_modules, trainable_biases, wrap_module)
 from minilora.model import GPT
 
@@ -500,11 +500,12 @@ def _apply(model, plan: dict, config: LoraConfig, adapter_name: str, is_trainabl
         set_adapter(model, adapter_name)
     # Only the new adapter's flags change: it trains if asked to and active (a waiting
     # adapter trains once set_adapter picks it); the adapters already there keep theirs.
-    trains = is_trainable and model.active_adapter == adapter_name
-    for layer in lora_layers(model).values():
-        if adapter_name in layer.adapter_names():
-            for p in layer.adapter_weights(adapter_name).values():
-                p.requires_grad = trains
+    active = model.active_adapter == adapter_name
+    params = [p for layer in lora_layers(model).values() if adapter_name in layer.adapter_names()
+              for p in layer.adapter_weights(adapter_name).values()]
+    params += list(trainable_biases(model, adapter_name).values()) if active else []
+    for p in params:
+        p.requires_grad = is_trainable and active
 
 
 def adapter_size_bytes(directory) -> int:

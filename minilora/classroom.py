@@ -81,8 +81,18 @@ def voila_command(notebook: Path, port: int) -> list[str]:
             "--show_tracebacks=False", "--theme=light", f"--Voila.connection_dir_root={notebook.parent}"]
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; give one from 1024 to 65535") from None
+    if not 1024 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number from 1024 to 65535")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help=f"port on 127.0.0.1 to serve the page on (default {DEFAULT_PORT})")
     parser.add_argument("--open", action="store_true", help="open the page in the default web browser")
 
@@ -132,9 +142,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print('minilora classroom: error: Voilà is not installed; pip install "minilora[classroom]"',
               file=sys.stderr)
-        return 2
-    if not 1 <= args.port <= 65535:
-        print(f"minilora classroom: error: --port {args.port} is not a port number (1 to 65535)", file=sys.stderr)
         return 2
     if not _port_is_free(args.port):
         print(f"minilora classroom: error: port {args.port} on 127.0.0.1 is in use; choose another with --port",

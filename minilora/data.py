@@ -273,6 +273,9 @@ def make_batch(task_names: Sequence[str], batch_size: int, block_size: int,
         raise ValueError(f"make_batch needs a list of task names, e.g. ['rev'], not {task_names!r}")
     batch_size = _positive_int("make_batch", "batch_size", batch_size)
     block_size = _positive_int("make_batch", "block_size", block_size)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"make_batch: rng={rng!r:.40} must be a NumPy Generator, e.g. "
+                        "np.random.default_rng(0), not a seed")
     tasks = [get_task(name).name for name in task_names]  # fail early on a bad name
     rows = []
     for choice in rng.integers(0, len(tasks), size=batch_size):

@@ -67,7 +67,7 @@ def check_request(steps, rank, targets, out_dir, seed):
         raise ValueError(f"targets {unmatched} match no layer of the tiny GPT; "
                          f"the layers you can adapt are {names}, e.g. --targets q_proj,v_proj")
     _rehearse_lora(lora_cfg)
-    return steps, lora_cfg, check_out_dir(out_dir, own=is_demo_output), seed
+    return steps, lora_cfg, check_out_dir(out_dir, own=is_demo_output, example="minilora_demo"), seed
 
 
 def _rehearse_lora(lora_cfg: LoraConfig) -> None:

@@ -18,8 +18,10 @@ A process killed at any moment leaves "ckpt" complete (old or new), except in
 the two-rename case between its renames, where "ckpt" is missing but
 `.ckpt.old...` holds the complete old version. The next save or load of
 "ckpt" finds the leftovers of writers that are no longer running (the process
-id is in the name): it renames a `.ckpt.old...` back when "ckpt" is missing,
-and deletes everything else, so temporary folders never pile up.
+id is in the name; one with this process's own id counts only while this
+process is writing it): it renames a `.ckpt.old...` back when "ckpt" is
+missing, and deletes everything else, so temporary folders never pile up.
+A save to the working directory (".") steps into the new folder afterwards.
 
 Saving to a symbolic link writes through it: the folder the link points to
 is replaced, and the link stays a link. Nothing is pickled: safetensors holds
@@ -45,13 +47,26 @@ TMP, OLD = "tmp", "old"   # the two kinds of sibling a save makes: ".<name>.tmp.
 # Leftovers of interrupted saves
 
 
+# The temporary siblings this process is writing right now. A leftover named with our own
+# process id but not in here was left by an earlier process that had the same id (in a
+# container the id is often the same at every start): it is dead, and must be tidied.
+_IN_USE: set[Path] = set()
+
+
 def _sibling(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.{kind}.{os.getpid()}.{secrets.token_hex(4)}"
+    """A fresh temporary name beside `target`, marked in use until _done(path)."""
+    path = target.parent / f".{target.name}.{kind}.{os.getpid()}.{secrets.token_hex(4)}"
+    _IN_USE.add(path)
+    return path
 
 
-def _writer_is_running(pid: int) -> bool:
+def _done(path: Path) -> None:
+    _IN_USE.discard(path)
+
+
+def _writer_is_running(pid: int, entry: Path) -> bool:
     if pid == os.getpid():
-        return True
+        return entry in _IN_USE
     try:
         os.kill(pid, 0)               # signal 0: only asks whether the process exists
     except ProcessLookupError:
@@ -72,7 +87,7 @@ def _leftovers(target: Path) -> list[tuple[str, Path]]:
             if not entry.name.startswith(prefix):
                 continue
             pid = entry.name[len(prefix):].split(".")[0]
-            if pid.isdigit() and not _writer_is_running(int(pid)):
+            if pid.isdigit() and not _writer_is_running(int(pid), entry):
                 found.append((kind, entry))
     return found
 
@@ -157,13 +172,16 @@ def _swap_in(staging: Path, target: Path) -> None:
         if err.errno not in _NO_EXCHANGE:
             raise
     old = _sibling(target, OLD)
-    os.replace(target, old)                     # from here until the next line, target is
-    try:                                        # missing: recover() puts `old` back
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    _remove(old)
+    try:
+        os.replace(target, old)                 # from here until the next line, target is
+        try:                                    # missing: recover() puts `old` back
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        _remove(old)
+    finally:
+        _done(old)
 
 
 def check_output_dir(directory) -> Path:
@@ -233,6 +251,8 @@ def write_dir_atomically(directory, files: dict[str, bytes]) -> Path:
     except BaseException:
         _remove(staging)
         raise
+    finally:
+        _done(staging)
     return directory
 
 
@@ -251,6 +271,8 @@ def replace_dir(src, target) -> Path:
     except BaseException:
         os.replace(staging, src)
         raise
+    finally:
+        _done(staging)
     _fsync_dir(target.parent)
     return target
 
@@ -285,6 +307,8 @@ def write_file_atomically(path, data: bytes | str) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _done(tmp)
     return path
 
 
@@ -315,8 +339,22 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     try:
         return load(path.read_bytes())
     except Exception as err:   # safetensors raises its own error type for bad headers/sizes
+        _refuse_bfloat16(path)
         raise ValueError(f"{path} is not a valid safetensors file ({err}); it may be truncated "
                          "or corrupt: write it again") from None
+
+
+def _refuse_bfloat16(path: Path) -> None:
+    """A valid file of bfloat16 arrays fails to load only because NumPy has no such type:
+    say so, rather than call the file corrupt."""
+    try:
+        dtypes = {dtype for _, dtype in safetensors_shapes(path).values()}
+    except ValueError:
+        return                                          # the header itself is broken
+    if "BF16" in dtypes:
+        raise ValueError(f"{path} stores bfloat16 arrays, which NumPy (and so minilora) cannot hold; "
+                         "convert them to float32 first, e.g. in PyTorch: save_file({k: v.float() for "
+                         "k, v in load_file(path).items()}, new_path) with safetensors.torch")
 
 
 def safetensors_shapes(path) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -78,11 +78,19 @@ def _check_reduction(reduction: str, fn: str) -> None:
         raise ValueError(f"{fn}: reduction={reduction!r} is not one of 'none', 'mean', 'sum'")
 
 
+def _require_tensor(fn: str, *tensors) -> None:
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: expected a minilora Tensor, got {type(t).__name__}; "
+                            "wrap it first: ml.tensor(x)")
+
+
 def _require_float(fn: str, *tensors) -> None:
     """PyTorch refuses integer and bool inputs to these ops; computed in integers they
     would round every answer (softmax of ints is all zeros), so refuse them too."""
+    _require_tensor(fn, *tensors)
     for t in tensors:
-        if isinstance(t, Tensor) and t.dtype.kind != "f":
+        if t.dtype.kind != "f":
             raise TypeError(f"{fn}: needs a floating-point tensor, got dtype {t.dtype}; "
                             "convert first, e.g. x.float()")
 
@@ -121,6 +129,7 @@ def _refuse_inplace(fn: str, inplace: bool) -> None:
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """max(x, 0). The gradient is 0 where x <= 0 and passes elsewhere, NaN included (as PyTorch)."""
     _refuse_inplace("relu", inplace)
+    _require_tensor("relu", input)
     xp = backend.get_array_module(input.data)
     off = input.data <= 0
     y = xp.where(off, xp.zeros((), input.dtype), input.data)
@@ -132,11 +141,13 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
 
 
 def tanh(input: Tensor) -> Tensor:
+    _require_tensor("tanh", input)
     return input.tanh()
 
 
 def sigmoid(input: Tensor) -> Tensor:
     """1 / (1 + exp(-x))."""
+    _require_tensor("sigmoid", input)
     return input.sigmoid()
 
 
@@ -179,6 +190,7 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 
 def erf(input: Tensor) -> Tensor:
     """erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt; d/dx = 2/sqrt(pi) exp(-x^2)."""
+    _require_tensor("erf", input)
     if input.dtype.kind != "f":                         # as torch.erf: integers give float32
         input = input.astype(np.float32)
     xp = backend.get_array_module(input.data)
@@ -276,6 +288,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     rather than a batch of small ones followed by a sum over the batch.
     """
     x = input
+    _require_tensor("linear", x, weight)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
     out_features, in_features = weight.shape
@@ -398,6 +411,7 @@ def log_softmax_reference(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def _softmax_dim(input: Tensor, dim, axis, fn: str) -> int:
+    _require_tensor(fn, input)
     dim = _pick_dim(dim, axis, fn)
     if dim is None:
         # PyTorch guesses a dim (with a deprecation warning); its guess is the last one
@@ -539,6 +553,9 @@ def _class_weight(weight, num_classes: int, fn: str, xp=np):
     """Per-class weights as an array on the logits' device (module xp), or None."""
     if weight is None:
         return None
+    if isinstance(weight, Tensor) and weight.requires_grad:    # silently getting no gradient would mislead
+        raise TypeError(f"{fn}: class weights are constants here (PyTorch cannot differentiate them "
+                        "either); pass weight.detach()")
     w = xp.asarray(_array(weight))
     if tuple(w.shape) != (num_classes,):
         raise ValueError(f"{fn}: weight must have shape ({num_classes},), one per class, got {tuple(w.shape)}")
@@ -905,6 +922,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         s += _future_bias(L, S, s.dtype, xp)            # -inf above the diagonal: no peeking ahead
     elif attn_mask is not None:
         m = xp.asarray(_array(attn_mask))                # onto the scores' device
+        if m.dtype.kind not in "bf":                     # a 0/1 integer mask would be added, not applied
+            raise TypeError(f"scaled_dot_product_attention: attn_mask must be bool (True = attend) "
+                            f"or float (added to the scores), got {m.dtype}; for a 0/1 mask use mask == 1")
         if m.dtype == bool:
             s = xp.where(m, s, -xp.inf)
         else:

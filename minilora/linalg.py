@@ -10,7 +10,8 @@ tools to look at that claim with numbers:
 - the best rank-r approximation and what it costs you (`low_rank_approx`,
   the Eckart-Young theorem);
 - storage: r(m + n) numbers instead of m * n (`factorization_storage`,
-  `break_even_rank`, `count_lora_params`, `num_bytes`);
+  `break_even_rank`, `num_bytes`; for a whole GPT config, `count_lora_params`
+  lives above the model, in lora_count.py);
 - how much two learned adapters agree (`subspace_similarity`, section 7.2 of
   the LoRA paper).
 
@@ -37,8 +38,6 @@ __all__ = [
     "break_even_rank",
     "subspace_similarity",
     "subspace_similarity_grid",
-    "count_lora_params",
-    "lora_params_by_module",
     "num_bytes",
     "optimizer_state_bytes",
 ]
@@ -350,43 +349,10 @@ def subspace_similarity_grid(A1: Any, A2: Any, max_i: int | None = None,
 
 
 # ----------------------------------------------------------------------------
-# counting LoRA's parameters from shapes alone
+# bytes
 # ----------------------------------------------------------------------------
-
-def lora_params_by_module(gpt_config: Any, lora_config: Any) -> dict[str, int]:
-    """{module name: LoRA parameters added to it} for every module LoRA targets.
-
-    Needs no model and no weights, only shapes: a LoRA on a Linear with
-    in_features x out_features adds A (r x in) and B (out x r), r * (in + out)
-    numbers; on an Embedding (num x dim) it adds r * (num + dim). So it works as
-    well for GPT-3 (175 billion weights) as for our tiny GPT.
-    """
-    from minilora.lora import target_matches     # imported here: lora sits above linalg's users
-    from minilora.model import module_shapes
-
-    counts: dict[str, int] = {}
-    for name, (kind, size_a, size_b) in module_shapes(gpt_config).items():
-        if not target_matches(name, lora_config.target_modules):
-            continue
-        r = int(lora_config.rank_for(name))
-        if kind not in ("linear", "embedding"):
-            raise ValueError(f"module_shapes gave an unknown kind {kind!r} for {name}")
-        # linear: (in, out) -> A [r, in], B [out, r];  embedding: (num, dim) -> A [r, num], B [dim, r]
-        counts[name] = r * (size_a + size_b)
-    return counts
-
-
-def count_lora_params(gpt_config: Any, lora_config: Any) -> int:
-    """The number of trainable LoRA parameters for this model and LoRA config.
-
-    The paper's formula |Theta| = 2 * L_hat * d_model * r is the special case
-    of square d_model x d_model targets with one rank; this sums r * (in + out)
-    over the targeted modules, honouring rank_pattern.
-    GPT-3 (96 layers, d 12288) with q_proj, v_proj: r=1 -> 4,718,592,
-    r=4 -> 18,874,368, r=8 -> 37,748,736.
-    """
-    return sum(lora_params_by_module(gpt_config, lora_config).values())
-
+# Counting LoRA's parameters for a GPT config (count_lora_params) needs the
+# model's shapes, so it lives above the model, in minilora/lora_count.py.
 
 _DTYPE_BYTES = {"float64": 8, "fp64": 8, "float32": 4, "fp32": 4, "float16": 2, "fp16": 2,
                 "bfloat16": 2, "bf16": 2, "int8": 1}

@@ -11,7 +11,6 @@ Shapes: B batch, T time (tokens), C = n_embd, H = n_head, D = C / H.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,13 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"GPTConfig: {name}={value!r} must be a positive integer")
+            setattr(self, name, int(value))                  # a NumPy integer becomes a plain int
+        if not isinstance(self.bias, (bool, np.bool_)):      # "false" is a string, and truthy
+            raise ValueError(f"GPTConfig: bias={self.bias!r} must be True or False "
+                             f"(a {type(self.bias).__name__} is not a bool)")
+        self.bias = bool(self.bias)
+        if isinstance(self.dropout, (bool, np.bool_)) or not isinstance(self.dropout, (int, float, np.number)):
+            raise ValueError(f"GPTConfig: dropout={self.dropout!r} must be a number in [0, 1)")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by "
                              f"n_head={self.n_head} (each head gets n_embd / n_head dimensions)")
@@ -226,6 +232,22 @@ def _check_ids(idx, config: GPTConfig):
     return backend.xp.asarray(idx) if backend.get_array_module(idx) is np else idx
 
 
+def check_weights(weights: dict, where) -> None:
+    """Refuse weights no training leaves behind: integer or bool arrays, NaN or inf.
+
+    load_state_dict would cast them to float32 and load them without a word.
+    """
+    problems = []
+    for name, value in weights.items():
+        if value.dtype.kind != "f":
+            problems.append(f"{name} has dtype {value.dtype}, not floating point")
+        elif not np.isfinite(value).all():
+            problems.append(f"{name} holds NaN or inf")
+    if problems:
+        raise ValueError(f"{where}: {'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}. "
+                         "The file is broken or from a diverged run; nothing was loaded")
+
+
 def module_shapes(config: GPTConfig) -> dict[str, tuple[str, int, int]]:
     """Every Linear and Embedding of GPT(config), by name, without building it.
 
@@ -267,6 +289,7 @@ def load_gpt2(path_or_state_dict, n_head: int | None = None) -> GPT:
     """
     state, hf_config, source = _read_gpt2(path_or_state_dict)
     state = {k: v for k, v in state.items() if not k.endswith(_HF_BUFFERS)}
+    check_weights(state, source or "load_gpt2's state dict")
     _check_gpt2_config(hf_config)
     ours, foreign = hf_gpt2.checkpoint_to_ours(state)
     config = _gpt2_config(ours, n_head or hf_config.get("n_head"))
@@ -291,7 +314,7 @@ def _read_gpt2(path_or_state_dict) -> tuple[dict, dict, str | None]:
         state = {k: backend.to_numpy(v.data if isinstance(v, Tensor) else v)
                  for k, v in path_or_state_dict.items()}
         return state, {}, None
-    from minilora.files import read_safetensors
+    from minilora.files import read_json, read_safetensors
 
     path = Path(path_or_state_dict)
     weights = path / "model.safetensors" if path.is_dir() else path
@@ -300,7 +323,10 @@ def _read_gpt2(path_or_state_dict) -> tuple[dict, dict, str | None]:
         raise FileNotFoundError(f"load_gpt2: no weights at {weights}; expected a directory with "
                                 "model.safetensors and config.json, or a .safetensors file")
     state = read_safetensors(weights)                   # a corrupt file: ValueError naming it
-    hf_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    hf_config = read_json(config_path) if config_path.exists() else {}
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"load_gpt2: {config_path} holds a JSON {type(hf_config).__name__}, "
+                         "not the object of settings a Hugging Face config.json is")
     return state, hf_config, str(path)
 
 

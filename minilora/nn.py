@@ -59,9 +59,16 @@ class Module:
             self._parameters.pop(name, None)
             self.__dict__.pop(name, None)
             self._modules[name] = value
+        elif name in self._parameters or name in self._modules:
+            # As PyTorch: a registered name takes only its own kind, or None (which keeps the
+            # slot empty). Anything else would silently drop it from parameters() and state_dict.
+            table, kind = ("_parameters", "nn.Parameter") if name in self._parameters else ("_modules", "Module")
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to {name!r}: it is a registered "
+                                f"{kind}, so assign a {kind} or None (wrap an array: nn.Parameter(data)), "
+                                f"or delete it first with `del module.{name}`")
+            getattr(self, table)[name] = None
         else:
-            self._parameters.pop(name, None)
-            self._modules.pop(name, None)
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):  # only called when normal lookup fails
@@ -110,6 +117,17 @@ class Module:
             self._parameters[name] = None
         else:
             setattr(self, name, param)
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        raise NotImplementedError(
+            f"register_buffer({name!r}): minilora modules have no buffers; keep a constant as a "
+            "plain attribute (self.name = array), which state_dict does not save")
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        return iter(())                                  # minilora modules have no buffers
+
+    def buffers(self, recurse: bool = True):
+        return iter(())
 
     def children(self):
         return (m for m in self._modules.values() if m is not None)
@@ -191,12 +209,11 @@ class Module:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget the gradients (None, as PyTorch; set_to_none=False fills them with zeros)."""
-        xp = backend.xp
         for p in self.parameters():
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad = xp.zeros_like(p.grad)
+                p.grad = backend.get_array_module(p.grad).zeros_like(p.grad)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         for p in self.parameters():
@@ -205,6 +222,12 @@ class Module:
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def cpu(self) -> "Module":
+        return self.to("cpu")
+
+    def cuda(self) -> "Module":
+        return self.to("cuda")
 
     def float(self) -> "Module":
         return self.to(np.float32)
@@ -306,7 +329,7 @@ class Linear(Module):
     with a = sqrt(5) simplifies to that bound).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=None):
         super().__init__()
         in_features = _positive_int(in_features, "in_features", "Linear")
         out_features = _positive_int(out_features, "out_features", "Linear")
@@ -328,7 +351,7 @@ class Embedding(Module):
     As in PyTorch, the row `padding_idx` (if given) starts at zero and gets no gradient.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
                  dtype=None):
         super().__init__()
         num_embeddings = _positive_int(num_embeddings, "num_embeddings", "Embedding")
@@ -346,6 +369,17 @@ class Embedding(Module):
             weight[padding_idx] = 0.0
         self.weight = Parameter(weight, dtype=dtype)
 
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None) -> "Embedding":
+        """An Embedding holding a copy of `embeddings` (rows, dim), frozen unless freeze=False.
+        As PyTorch, the padding row keeps its values (it only gets no gradient)."""
+        table = backend.to_numpy(embeddings.data if isinstance(embeddings, Tensor) else np.asarray(embeddings))
+        if table.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained: embeddings must be 2-D (rows, dim), got shape {table.shape}")
+        layer = cls(*table.shape, padding_idx=padding_idx, dtype=table.dtype)
+        layer.weight = Parameter(table.copy(), requires_grad=not freeze)
+        return layer
+
     def forward(self, ids) -> Tensor:
         return F.embedding(ids, self.weight, padding_idx=self.padding_idx)
 
@@ -362,7 +396,7 @@ class LayerNorm(Module):
     """
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
-                 bias: bool = True, dtype=None):
+                 bias: bool = True, *, dtype=None):
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
             and not isinstance(normalized_shape, bool) else normalized_shape
@@ -391,7 +425,7 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
 
 # ----------------------------------------------------------------- activations
@@ -448,6 +482,9 @@ class LeakyReLU(Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
 
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
 
 class Softplus(Module):
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
@@ -456,6 +493,9 @@ class Softplus(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.softplus(x, self.beta, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
 
 
 class Softmax(Module):
@@ -486,8 +526,10 @@ class Identity(Module):
 
 
 # ----------------------------------------------------------------- losses
+# After `weight`, the options are keyword-only: PyTorch's positional order still has the
+# deprecated size_average and reduce in it, so a positional value would land elsewhere here.
 class CrossEntropyLoss(Module):
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0):
         super().__init__()
         F._check_reduction(reduction, "CrossEntropyLoss")
@@ -502,7 +544,7 @@ class CrossEntropyLoss(Module):
 
 
 class NLLLoss(Module):
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean"):
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__()
         F._check_reduction(reduction, "NLLLoss")
         self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
@@ -513,7 +555,7 @@ class NLLLoss(Module):
 
 
 class MSELoss(Module):
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, *, reduction: str = "mean"):
         super().__init__()
         F._check_reduction(reduction, "MSELoss")
         self.reduction = reduction
@@ -523,7 +565,7 @@ class MSELoss(Module):
 
 
 class BCEWithLogitsLoss(Module):
-    def __init__(self, weight=None, reduction: str = "mean", pos_weight=None):
+    def __init__(self, weight=None, *, reduction: str = "mean", pos_weight=None):
         super().__init__()
         F._check_reduction(reduction, "BCEWithLogitsLoss")
         self.weight, self.reduction, self.pos_weight = weight, reduction, pos_weight
@@ -545,7 +587,7 @@ class Dropout(Module):
         return F.dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace=False"
 
 
 def _index(i, n: int, container: str) -> int:
@@ -562,9 +604,9 @@ class _ModuleSequence(Module):
 
     A slice gives a new container of the same kind; deleting renumbers the rest, as PyTorch."""
 
-    def __init__(self, modules=()):
+    def __init__(self, modules=None):
         super().__init__()
-        for m in modules:
+        for m in modules or ():
             self.append(m)
 
     def append(self, module: Module) -> "_ModuleSequence":
@@ -588,8 +630,10 @@ class _ModuleSequence(Module):
 
     def __getitem__(self, i):
         items = list(self._modules.values())
-        if isinstance(i, slice):
-            return type(self)(*items[i]) if isinstance(self, Sequential) else type(self)(items[i])
+        if isinstance(i, slice):       # as PyTorch: a Sequential slice keeps the names, a ModuleList renumbers
+            if isinstance(self, Sequential):
+                return type(self)(OrderedDict(list(self._modules.items())[i]))
+            return type(self)(items[i])
         return items[_index(i, len(items), type(self).__name__)]
 
     def __setitem__(self, i, module: Module) -> None:
@@ -644,7 +688,14 @@ class _NamedDict(Module):
         return self._entries()[name]
 
     def __setitem__(self, name: str, item) -> None:
-        setattr(self, name, item)
+        if self._table == "_parameters":
+            if isinstance(item, Tensor) and not isinstance(item, Parameter):
+                item = Parameter(item.data)                     # as PyTorch: a Tensor is made a Parameter
+            if not isinstance(item, Parameter):
+                raise TypeError(f"{type(self).__name__}[{name!r}]: expected a Parameter, got {type(item).__name__}")
+            self.register_parameter(name, item)
+        else:
+            self.add_module(name, item)
 
     def __delitem__(self, name: str) -> None:
         del self._entries()[name]

@@ -49,15 +49,28 @@ class TaskBatches:
 
     def __init__(self, task_names, batch_size: int, block_size: int, seed: int):
         self.task_names, self.batch_size, self.block_size = list(task_names), batch_size, block_size
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, step: int):
         return data.make_batch(self.task_names, self.batch_size, self.block_size, self.rng)
 
+    def _recipe(self) -> dict:
+        return {"tasks": self.task_names, "batch_size": self.batch_size, "block_size": self.block_size,
+                "seed": self.seed}
+
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        return {"rng": self.rng.bit_generator.state, **self._recipe()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue a saved stream; refused if it was drawn with other tasks, sizes or seed,
+        which would silently continue a different run."""
+        saved = {k: state.get(k) for k in self._recipe()}
+        if saved != self._recipe():
+            changed = ", ".join(f"{k}: saved {saved[k]!r}, now {v!r}" for k, v in self._recipe().items()
+                                if saved[k] != v)
+            raise ValueError(f"cannot resume: the batches were drawn differently ({changed}); resume "
+                             "with the same options, or start afresh")
         self.rng.bit_generator.state = state["rng"]
 
 
@@ -85,7 +98,8 @@ def check_steps(steps) -> int | None:
     return steps
 
 
-def check_out_dir(out, own=lambda name: name in ("model.safetensors", "config.json")) -> Path:
+def check_out_dir(out, own=lambda name: name in ("model.safetensors", "config.json"),
+                  example: str = DEFAULT_OUT) -> Path:
     """Where a run may write: not inside the installed package, not a file, writable, and
     holding nothing but an earlier run's outputs (`own(name)` says which names those are)."""
     out = check_output_dir(Path(os.path.abspath(out)))
@@ -93,10 +107,10 @@ def check_out_dir(out, own=lambda name: name in ("model.safetensors", "config.js
     if real == PACKAGE_DIR or PACKAGE_DIR in real.parents:
         raise ValueError(f"refusing to write {out} inside the installed package ({PACKAGE_DIR}): "
                          f"that would replace files the demo and notebooks rely on; choose a folder "
-                         f"outside it, e.g. ./{DEFAULT_OUT}")
+                         f"outside it, e.g. ./{example}")
     if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
         raise ValueError(f"refusing to write the run's outputs over {out}, the working directory or a "
-                         f"folder holding it; choose a new folder, e.g. ./{DEFAULT_OUT}")
+                         f"folder holding it; choose a new folder, e.g. ./{example}")
     others = sorted(p.name for p in out.iterdir() if not own(p.name)) if out.is_dir() else []
     if others:
         raise FileExistsError(f"{out} holds files this command did not write ({', '.join(others[:3])}"

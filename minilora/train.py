@@ -12,6 +12,7 @@ continuing the run with train(resume_from=...) exactly where it stopped).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -24,7 +25,7 @@ from minilora import backend
 from minilora import functional as F
 from minilora.files import (check_output_dir, json_bytes, read_json, read_safetensors, recover,
                             safetensors_bytes, safetensors_shapes, write_dir_atomically)
-from minilora.model import GPT, GPTConfig, module_shapes
+from minilora.model import GPT, GPTConfig, check_weights, module_shapes
 from minilora.optim import AdamW, check_number, clip_grad_norm_
 from minilora.tensor import no_grad
 
@@ -113,9 +114,20 @@ def _rng_state() -> dict:
     return backend.rng().bit_generator.state
 
 
+def _model_recipe(model) -> dict:
+    """What decides what the model computes besides its weights: its config and its LoRA
+    settings (a changed lora_alpha keeps every name and shape but scales the update)."""
+    config = getattr(model, "config", None)
+    recipe = {"config": config.to_dict() if hasattr(config, "to_dict") else None,
+              "lora": {name: c.to_dict() for name, c in getattr(model, "peft_config", {}).items()},
+              "active_adapter": getattr(model, "active_adapter", None)}
+    return json.loads(json_bytes(recipe))                   # as it reads back from the file
+
+
 def _save_train_state(directory, model, optimizer, get_batch, config, result, next_step) -> None:
     opt_arrays, opt_info = optimizer.state_dict()
     state = {"format": STATE_FORMAT, "next_step": next_step, "config": asdict(config),
+             "model": _model_recipe(model),
              "param_names": [n for n, p in model.named_parameters() if p.requires_grad],
              "losses": result.losses, "lrs": result.lrs, "evals": result.evals,
              "step_seconds": result.step_seconds,
@@ -127,21 +139,31 @@ def _save_train_state(directory, model, optimizer, get_batch, config, result, ne
         "trainer_state.json": json_bytes(state)})
 
 
-def _load_train_state(directory, model, optimizer, get_batch, config, result) -> int:
-    """Put the model, optimizer, RNGs and history back as they were; return the next step."""
-    directory = Path(directory)
-    state = read_json(directory / "trainer_state.json")
-    where = directory / "trainer_state.json"
-    found = state.get("format") if isinstance(state, dict) else f"a JSON {type(state).__name__}"
-    if found != STATE_FORMAT:
-        raise ValueError(f"{where} is not a resumable training state (format {found!r}); "
-                         "resume_from must be a checkpoint_dir written by train()")
+def _differences(saved: dict, now: dict) -> list[str]:
+    """"key: saved X, now Y" for each entry that differs, nested tables named by dotted keys."""
+    found = []
+    for key in sorted(set(saved) | set(now), key=str):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += [f"{key}.{d}" for d in _differences(old, new)]
+        elif old != new:
+            found.append(f"{key}: saved {old!r}, now {new!r}")
+    return found
+
+
+def _check_same_run(state: dict, model, get_batch, config, directory: Path) -> int:
+    """Refuse to continue anything but the saved run, naming what differs; return the next step."""
     saved = TrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
     if saved != config:
         changed = [f"{k}: saved {v!r}, now {getattr(config, k)!r}" for k, v in asdict(saved).items()
                    if asdict(config)[k] != v]
         raise ValueError(f"cannot resume from {directory}: the TrainConfig differs ({'; '.join(changed)}); "
                          "resume with the same settings, or start a fresh run without resume_from")
+    changed = _differences(state.get("model", {}), _model_recipe(model)) if "model" in state else []
+    if changed:
+        raise ValueError(f"cannot resume from {directory}: the model is built differently "
+                         f"({'; '.join(changed[:3])}); build the model the same way (same GPTConfig "
+                         "and LoRA settings) before resuming")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if names != state["param_names"]:
         raise ValueError(f"cannot resume from {directory}: it trained {len(state['param_names'])} parameters "
@@ -153,8 +175,21 @@ def _load_train_state(directory, model, optimizer, get_batch, config, result) ->
     next_step = state.get("next_step")
     if isinstance(next_step, bool) or not isinstance(next_step, int) or not 0 < next_step <= config.steps \
             or len(state.get("losses", ())) != next_step:
-        raise ValueError(f"{where}: next_step={next_step!r} with {len(state.get('losses', ()))} losses does "
-                         f"not describe a run of {config.steps} steps; the file is corrupt, start afresh")
+        raise ValueError(f"{directory / 'trainer_state.json'}: next_step={next_step!r} with "
+                         f"{len(state.get('losses', ()))} losses does not describe a run of {config.steps} "
+                         "steps; the file is corrupt, start afresh")
+    return next_step
+
+
+def _load_train_state(directory, model, optimizer, get_batch, config, result) -> int:
+    """Put the model, optimizer, RNGs and history back as they were; return the next step."""
+    directory = Path(directory)
+    state = read_json(directory / "trainer_state.json")
+    found = state.get("format") if isinstance(state, dict) else f"a JSON {type(state).__name__}"
+    if found != STATE_FORMAT:
+        raise ValueError(f"{directory / 'trainer_state.json'} is not a resumable training state (format "
+                         f"{found!r}); resume_from must be a checkpoint_dir written by train()")
+    next_step = _check_same_run(state, model, get_batch, config, directory)
     weights = read_safetensors(directory / "model.safetensors")
     check_weights(weights, directory / "model.safetensors")
     opt_file = directory / "optimizer.safetensors"
@@ -164,11 +199,11 @@ def _load_train_state(directory, model, optimizer, get_batch, config, result) ->
     model.load_state_dict(weights)
     try:
         optimizer.load_state_dict(opt_arrays, state["optimizer"])
+        if state["batches"] is not None:
+            get_batch.load_state_dict(state["batches"])      # may refuse: other tasks or seed
     except Exception:
         model.load_state_dict(before)
         raise
-    if state["batches"] is not None:
-        get_batch.load_state_dict(state["batches"])
     backend.rng().bit_generator.state = state["backend_rng"]
     result.losses[:], result.lrs[:] = state["losses"], state["lrs"]
     result.evals[:] = [(s, m) for s, m in state["evals"]]
@@ -399,21 +434,6 @@ def load_checkpoint(directory) -> GPT:
     model.eval()
     return model
 
-
-def check_weights(weights: dict, where) -> None:
-    """Refuse weights no training leaves behind: integer or bool arrays, NaN or inf.
-
-    load_state_dict would cast them to float32 and load them without a word.
-    """
-    problems = []
-    for name, value in weights.items():
-        if value.dtype.kind != "f":
-            problems.append(f"{name} has dtype {value.dtype}, not floating point")
-        elif not np.isfinite(value).all():
-            problems.append(f"{name} holds NaN or inf")
-    if problems:
-        raise ValueError(f"{where}: {'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}. "
-                         "The file is broken or from a diverged run; nothing was loaded")
 
 
 def checkpoint_metadata(directory) -> dict:

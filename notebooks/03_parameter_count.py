@@ -32,7 +32,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minilora import checks, linalg
+from minilora import checks, linalg, lora_count
 from minilora.lora import LoraConfig
 from minilora.model import GPTConfig
 from minilora.widgets import param_count_explorer
@@ -76,7 +76,7 @@ checks.check_lora_param_formula(lora_params)
 # The LoRA paper adapts the query and value projections $W_q, W_v$ of GPT-3
 # (96 layers, $d_{model} = 12288$) and counts
 # $|\Theta| = 2 \cdot \hat{L} \cdot d_{model} \cdot r$ trainable parameters,
-# with $\hat L = 96 \times 2$ adapted matrices. `linalg.count_lora_params` adds
+# with $\hat L = 96 \times 2$ adapted matrices. `lora_count.count_lora_params` adds
 # up $r\,(d_{in} + d_{out})$ over every module a `LoraConfig` targets, reading
 # only the model's shapes: nothing with 175 billion weights is ever built.
 
@@ -84,7 +84,7 @@ checks.check_lora_param_formula(lora_params)
 gpt3 = GPTConfig(vocab_size=50257, block_size=2048, n_layer=96, n_head=96, n_embd=12288)
 for r in [1, 4, 8]:
     cfg = LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "v_proj"])
-    n = linalg.count_lora_params(gpt3, cfg)
+    n = lora_count.count_lora_params(gpt3, cfg)
     size = linalg.num_bytes(n, "float16")
     print(f"r = {r}: {n:>11,} trainable parameters = {size / 1e6:5.1f} MB = {size / 2**20:5.1f} MiB in fp16"
           f"  ({175e9 / n:,.0f}x fewer than 175B)")

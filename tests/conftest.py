@@ -17,6 +17,12 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+# Notebook kernels started by the tests inherit this environment. BLAS threads spin while
+# they wait, so on a busy shared machine they fight every other process: 08_train_lora took
+# 281 s with the default threads and 29 s with one, at the same load.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 # No per-example deadline: a busy machine (or a GPU's first kernel launch) can make a
 # single example slow without anything being wrong. Tests choose their own max_examples.
 # In CI (CI=true) the examples are derandomized, so a run is repeatable from the commit.

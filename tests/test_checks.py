@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minilora import checks, linalg
+from minilora import checks, linalg, lora_count
 from minilora.checks import ExerciseError
 
 
@@ -251,7 +251,7 @@ def test_paper_formula(capsys):
         from minilora.lora import LoraConfig
         from minilora.model import GPTConfig
         cfg = GPTConfig(vocab_size=10, block_size=8, n_layer=L, n_head=1, n_embd=d)
-        return linalg.count_lora_params(cfg, LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "v_proj"][:n]))
+        return lora_count.count_lora_params(cfg, LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "v_proj"][:n]))
     rejects(checks.check_paper_formula, via_library, match="count_lora_params", exercise="3.2")
     rejects(checks.check_paper_formula, lambda L, d, r, n: float("inf"), match="not a finite", exercise="3.2")
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from minilora import checks, linalg
+from minilora import checks, linalg, lora_count
 from minilora.checks import ExerciseError
 from minilora.checks.train_lora import KINDS
 
@@ -162,7 +162,7 @@ def test_trainable_params(capsys):
     def via_linalg(L, d, r, t):
         from minilora.lora import LoraConfig
         from minilora.model import GPTConfig
-        return linalg.count_lora_params(GPTConfig(vocab_size=10, block_size=8, n_layer=L, n_head=1, n_embd=d),
+        return lora_count.count_lora_params(GPTConfig(vocab_size=10, block_size=8, n_layer=L, n_head=1, n_embd=d),
                                         LoraConfig(r=r, lora_alpha=r, target_modules=t))
     rejects(checks.check_trainable_params, via_linalg, match="count_lora_params", exercise="8.3")
     rejects(checks.check_trainable_params, lambda L, d, r, t: None, match="should be a number", exercise="8.3")

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from minilora import analysis, checks, linalg, methods
+from minilora import analysis, checks, linalg, lora_count, methods
 from minilora.checks.feedback import ExerciseError
 
 
@@ -100,7 +100,7 @@ def test_equal_budget_rank():
         from minilora.lora import LoraConfig
         cfg = GPTConfig(vocab_size=10, block_size=4, n_layer=n_layer, n_head=1, n_embd=d_in)
         for r in range(1, 200):
-            if linalg.count_lora_params(cfg, LoraConfig(r=r, target_modules=["q_proj"][:k])) == budget:
+            if lora_count.count_lora_params(cfg, LoraConfig(r=r, target_modules=["q_proj"][:k])) == budget:
                 return r
         return None
 

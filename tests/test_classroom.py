@@ -146,6 +146,16 @@ def test_a_port_in_use_is_a_clear_error(voila_installed, capsys):
     assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port,message", [("80", "80 is not a port number from 1024 to 65535"),
+                                          ("x", "'x' is not a port number")])
+def test_a_bad_port_is_refused_before_anything_starts(port, message, capsys):
+    from minilora.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["classroom", "--port", port])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_ctrl_c_stops_it_quickly_and_leaves_nothing_running(voila_installed):
     app = Classroom(_free_port())
     try:

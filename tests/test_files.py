@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,11 +67,16 @@ def test_recover_puts_back_the_old_version_left_aside_by_a_killed_save(tmp_path)
 
 
 def test_leftovers_of_a_writer_that_is_still_running_are_left_alone(tmp_path):
-    mine = tmp_path / f".ckpt.tmp.{os.getpid()}.abcd"     # this process: it may still be writing
-    mine.mkdir()
-    write_dir_atomically(tmp_path / "ckpt", {"x": b"1"})
-    recover(tmp_path / "ckpt")
-    assert mine.is_dir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = tmp_path / f".ckpt.tmp.{writer.pid}.abcd"     # a live process: it may still be writing
+        theirs.mkdir()
+        write_dir_atomically(tmp_path / "ckpt", {"x": b"1"})
+        recover(tmp_path / "ckpt")
+        assert theirs.is_dir()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_write_file_atomically_keeps_permissions_and_follows_links(tmp_path):

@@ -1,18 +1,15 @@
 """minilora.linalg: rank, Eckart-Young, storage, subspace similarity, LoRA counts."""
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minilora import linalg
+from minilora.lora_count import count_lora_params, lora_params_by_module
 from minilora.linalg import (
     break_even_rank,
-    count_lora_params,
     factorization_storage,
     low_rank_approx,
     num_bytes,
@@ -273,71 +270,48 @@ def test_subspace_similarity_errors():
 
 # ---------------------------------------------------------------- count_lora_params
 
-def _fake_contract(monkeypatch):
-    """Stand-ins for minilora.model / minilora.lora with the agreed contract,
-    so the counting logic is tested on its own (real modules tested below)."""
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class FakeGPTConfig:
-        vocab_size: int
-        block_size: int
-        n_layer: int
-        n_head: int
-        n_embd: int
-
-    def module_shapes(c):
-        out = {"transformer.wte": ("embedding", c.vocab_size, c.n_embd),
-               "transformer.wpe": ("embedding", c.block_size, c.n_embd)}
-        for i in range(c.n_layer):
-            for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                out[f"transformer.h.{i}.attn.{p}"] = ("linear", c.n_embd, c.n_embd)
-            out[f"transformer.h.{i}.mlp.fc"] = ("linear", c.n_embd, 4 * c.n_embd)
-            out[f"transformer.h.{i}.mlp.proj"] = ("linear", 4 * c.n_embd, c.n_embd)
-        return out
-
-    def target_matches(name, targets):
-        return any(name == t or name.endswith("." + t) for t in targets)
-
-    @dataclass
-    class FakeLoraConfig:
-        r: int
-        target_modules: list
-        rank_pattern: dict = field(default_factory=dict)
-
-        def rank_for(self, name):
-            for key, r in self.rank_pattern.items():
-                if target_matches(name, [key]):
-                    return r
-            return self.r
-
-    model = types.ModuleType("minilora.model")
-    model.module_shapes = module_shapes
-    lora = types.ModuleType("minilora.lora")
-    lora.target_matches = target_matches
-    monkeypatch.setitem(sys.modules, "minilora.model", model)
-    monkeypatch.setitem(sys.modules, "minilora.lora", lora)
-    return FakeGPTConfig, FakeLoraConfig
-
-
-def test_count_lora_params_logic_on_stand_ins(monkeypatch):
-    GPTConfig, LoraConfig = _fake_contract(monkeypatch)
-    c = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=16)
-    assert count_lora_params(c, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])) == 2 * 2 * 4 * 32
-    assert count_lora_params(c, LoraConfig(r=2, target_modules=["fc"])) == 2 * 2 * (16 + 64)
-    assert count_lora_params(c, LoraConfig(r=3, target_modules=["wte"])) == 3 * (65 + 16)
-    cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"transformer.h.1.attn.v_proj": 8})
-    by = linalg.lora_params_by_module(c, cfg)
-    assert by["transformer.h.1.attn.v_proj"] == 8 * 32 and by["transformer.h.0.attn.v_proj"] == 4 * 32
-    assert count_lora_params(c, cfg) == 3 * 4 * 32 + 8 * 32
-
-
 def _real_contract():
     from minilora import lora, model
 
     for owner, name in [(model, "GPTConfig"), (model, "module_shapes"), (lora, "LoraConfig"), (lora, "target_matches")]:
         assert hasattr(owner, name), f"{owner.__name__} has no {name}; count_lora_params relies on it"
     return model, lora
+
+
+def test_linalg_is_pure_numpy():
+    """linalg sits below the model in the data flow: it imports no minilora module at all."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(linalg))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= {"__future__", "dataclasses", "typing", "numpy"}, imported
+
+
+def test_linalg_does_not_count_a_gpt_config():
+    """Counting for a whole GPT config needs the model's shapes: it lives in lora_count, above the model."""
+    assert not hasattr(linalg, "count_lora_params") and not hasattr(linalg, "lora_params_by_module")
+
+
+def test_count_lora_params_is_r_times_in_plus_out_over_the_targets():
+    model, lora = _real_contract()
+    c = model.GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=16)
+
+    def count(**kwargs):
+        return count_lora_params(c, lora.LoraConfig(**kwargs))
+
+    assert count(r=4, target_modules=["q_proj", "v_proj"]) == 2 * 2 * 4 * (16 + 16)   # layers, targets
+    assert count(r=2, target_modules=["fc"]) == 2 * 2 * (16 + 64)                     # fc: 16 -> 64
+    assert count(r=3, target_modules=["wte"]) == 3 * (65 + 16)                        # vocab x n_embd
+    cfg = lora.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                          rank_pattern={"transformer.h.1.attn.v_proj": 8})
+    by = lora_params_by_module(c, cfg)
+    assert sorted(by) == [f"transformer.h.{i}.attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")]
+    assert by["transformer.h.1.attn.v_proj"] == 8 * 32 and by["transformer.h.0.attn.v_proj"] == 4 * 32
+    assert count_lora_params(c, cfg) == 3 * 4 * 32 + 8 * 32
 
 
 @pytest.mark.parametrize("r,expected", [(1, 4_718_592), (4, 18_874_368), (8, 37_748_736)])

@@ -6,6 +6,8 @@ Tolerance: see helpers.FD_RTOL (norm-wise relative error <= 1e-6, step 1e-6).
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from helpers import check_grads, rel_err, values
@@ -16,7 +18,7 @@ from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
 import minilora as ml
 from minilora import backend
 from minilora import functional as F
-from minilora.tensor import is_grad_enabled
+from minilora.tensor import add_methods, is_grad_enabled
 
 FAST = settings(max_examples=25)
 seeds = st.integers(0, 2**32 - 1)
@@ -605,6 +607,49 @@ def test_frozen_input_to_linear_gets_no_gradient():
     with ml.count_backward_work() as work:
         F.linear(x, w).sum().backward()
     assert x.grad is None and work["grads:linear"] == 1
+
+
+def test_counting_leaves_backward_and_add_grad_as_they_were():
+    """The counters exist only inside count_backward_work(), even when the block raises."""
+    tensor = importlib.import_module("minilora.tensor")     # (minilora.tensor is the function)
+
+    plain = ml.Tensor._add_grad
+    x = ml.Tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(ZeroDivisionError):
+        with ml.count_backward_work() as work:
+            (x * x).sum().backward()
+            1 / 0
+    assert ml.Tensor._add_grad is plain and tensor._on_rule is None
+    assert work["rules"] == 2 and work["grads:mul"] == 2 and work["grads:sum"] == 1
+    (x * 3).sum().backward()                     # uncounted: the last count does not move
+    assert work["rules"] == 2 and np.array_equal(x.grad.tolist(), [2 + 3, 4 + 3])
+
+
+def test_nested_counts_both_see_the_inner_work():
+    x = ml.Tensor([1.0, 2.0], requires_grad=True)
+    with ml.count_backward_work() as outer:
+        x.exp().sum().backward()
+        with ml.count_backward_work() as inner:
+            (x * x).sum().backward()
+    assert dict(inner) == {"rules": 2, "rules:sum": 1, "rules:mul": 1,
+                           "grads": 3, "grads:sum": 1, "grads:mul": 2}
+    assert outer["rules"] == 4 and outer["grads"] == 5 and outer["grads:exp"] == 1
+    assert outer["grads:mul"] == 2
+
+
+def test_each_tensor_method_is_written_once_in_the_file_that_says_so():
+    """tensor.py's docstring tells where each family lives; the methods are really there."""
+    from minilora import tensor_compare, tensor_convert, tensor_reductions, tensor_shape
+
+    homes = {"sum": tensor_reductions.ReductionMethods, "max": tensor_reductions.ReductionMethods,
+             "reshape": tensor_shape.ShapeMethods, "__getitem__": tensor_shape.ShapeMethods,
+             "T": tensor_shape.ShapeMethods, "__eq__": tensor_compare.ComparisonMethods,
+             "clamp": tensor_compare.ComparisonMethods, "numpy": tensor_convert.ConversionMethods,
+             "float": tensor_convert.ConversionMethods}
+    for name, home in homes.items():
+        assert vars(ml.Tensor)[name] is vars(home)[name], name
+    with pytest.raises(RuntimeError, match="Tensor.sum is defined twice"):
+        add_methods(type("Again", (), {"sum": lambda self: 0}))
 
 
 # ----------------------------------------------------------------------------

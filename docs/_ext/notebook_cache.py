@@ -19,7 +19,6 @@ import base64
 import copy
 import hashlib
 import html
-import json
 import os
 import tempfile
 import time

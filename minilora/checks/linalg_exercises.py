@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from minilora import linalg
+from minilora import linalg, lora_count
 from minilora.checks.feedback import ExerciseError
 from minilora.checks.feedback import as_array as _array
 from minilora.checks.feedback import as_integer as _integer
@@ -42,13 +42,15 @@ __all__ = [
 ]
 
 # Everything in linalg that answers an exercise of 01-03: off limits while the learner's code runs.
-_LINALG_ANSWERS = ("low_rank_approx", "thin_svd", "factorization_storage", "count_lora_params",
-                   "lora_params_by_module", "optimizer_state_bytes", "numerical_rank", "stable_rank")
+_LINALG_ANSWERS = ("low_rank_approx", "thin_svd", "factorization_storage", "optimizer_state_bytes",
+                   "numerical_rank", "stable_rank")
+_COUNT_ANSWERS = ("count_lora_params", "lora_params_by_module")
 
 
 def _run(fn: Callable, ex: str, name: str, *args: Any) -> Any:
     """Call the learner's function with minilora.linalg's answers replaced by tripwires."""
-    with forbidding(*[(linalg, f) for f in _LINALG_ANSWERS], learner=fn if callable(fn) else None):
+    targets = [(linalg, f) for f in _LINALG_ANSWERS] + [(lora_count, f) for f in _COUNT_ANSWERS]
+    with forbidding(*targets, learner=fn if callable(fn) else None):
         return _call(fn, ex, name, *args)
 
 

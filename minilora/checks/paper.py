@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from minilora import analysis, linalg
+from minilora import analysis, linalg, lora_count
 from minilora.checks.feedback import (ExerciseError, as_integer, as_number, call_learner, correct, forbidding,
                                       register_hints, reveal, short)
 
@@ -79,7 +79,7 @@ def check_equal_budget_rank(equal_budget_rank: Callable) -> None:
     d_in, d_out, L = (int(v) for v in rng.integers(20, 90, size=3))
     cases.append((L * 2 * 6 * (d_in + d_out), 2, d_in, d_out, L))
     for budget, k, d_in, d_out, n_layer in cases:
-        with forbidding((linalg, "count_lora_params"), (linalg, "lora_params_by_module"), learner=equal_budget_rank):
+        with forbidding((lora_count, "count_lora_params"), (lora_count, "lora_params_by_module"), learner=equal_budget_rank):
             got = call_learner(equal_budget_rank, ex, "equal_budget_rank", budget, k, d_in, d_out, n_layer)
         want = _budget_rank(budget, k, d_in, d_out, n_layer)
         args = f"budget {budget}, {k} matrix type(s) of {d_out}x{d_in}, {n_layer} layers"

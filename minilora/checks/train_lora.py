@@ -69,7 +69,7 @@ def _want(n_layer: int, n_embd: int, r: int, targets) -> int:
 
 def check_trainable_params(trainable_params: Callable) -> None:
     """8.3: trainable_params(n_layer, n_embd, r, targets) for minilora's GPT, on hidden random inputs."""
-    from minilora import linalg, lora, nn
+    from minilora import lora, lora_count, nn
 
     ex = "8.3"
     rng = np.random.default_rng(808)
@@ -81,7 +81,7 @@ def check_trainable_params(trainable_params: Callable) -> None:
         cases.append((int(rng.integers(1, 13)), 16 * int(rng.integers(1, 50)), int(rng.integers(1, 17)), targets))
     cases.append((3, 48, 2, ["fc", "proj"]))                          # only the non-square ones
     for n_layer, n_embd, r, targets in cases:
-        with forbidding((linalg, "count_lora_params"), (nn.Module, "num_parameters"), (lora, "apply_lora"),
+        with forbidding((lora_count, "count_lora_params"), (nn.Module, "num_parameters"), (lora, "apply_lora"),
                         learner=trainable_params):
             got = call_learner(trainable_params, ex, "trainable_params", n_layer, n_embd, r, list(targets))
         shown = f"trainable_params({n_layer}, {n_embd}, {r}, {targets})"

@@ -11,8 +11,6 @@ so what you read is what training costs.
 """
 from __future__ import annotations
 
-import numpy as np
-
 try:
     import ipywidgets as widgets
 except ImportError as exc:  # pragma: no cover - exercised only without the extras
