@@ -216,9 +216,10 @@ print("90% of the centred photo's energy: rank", rank_for_energy(centred, 0.9))
 #
 # $$W = W_0 + B A, \qquad B \in \mathbb{R}^{d \times r},\ A \in \mathbb{R}^{r \times k}.$$
 #
-# Cheap: $r(d + k)$ trainable numbers. Expressive in two ways. First, $W_0 + BA$
-# keeps what $W_0$ can do: every direction $W_0$ already uses is still there.
-# But is $W_0 + BA$ still **full rank**?
+# Cheap: $r(d + k)$ trainable numbers. Expressive in two ways. First, the
+# update is *added* to $W_0$, not swapped in for it: $W_0$ is kept whole, and
+# $BA$ only changes it in at most $r$ directions. Does $W_0 + BA$ stay
+# **full rank**, then?
 #
 # ### Predict (2.4)
 #

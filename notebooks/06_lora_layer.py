@@ -129,7 +129,7 @@ checks.cmp("q_proj output", mine, theirs, rtol=1e-5, atol=1e-6)
 #
 # $W_0 x + \frac{\alpha}{r} B A x = (W_0 + \frac{\alpha}{r} B A)\, x$.
 # After training, the update can be added into the weight once, and the
-# layer is a plain Linear again: no extra work per token, no latency.
+# layer is a plain Linear again: no extra work per token, no added latency.
 #
 # ### Exercise 6.3
 #
@@ -206,7 +206,7 @@ checks.trace_lora_init(np.zeros((r, d_in)), np.zeros((d_out, r)))
 #   output moves for the same $A$ and $B$. It is not a learning rate, but with
 #   Adam, whose steps have a fixed size whatever the gradient's scale, a larger
 #   $\alpha$ makes each step change $W$ more, so it acts much like one.
-# - **Dividing by $r$** keeps the update from growing as you add directions,
+# - **Dividing by $r$** stops the update from growing as you add directions,
 #   so trying another $r$ needs less retuning. The paper fixes $\alpha$ to the
 #   first $r$ it tries and does not tune it.
 #
@@ -229,8 +229,10 @@ lora_scaling_explorer(alpha=8, r=4)
 # - $B = 0$ at the start: step 0 is the pretrained model. Not both zero: then
 #   both gradients are zero forever.
 # - Merge: $W = W_0 + \frac{\alpha}{r} BA$, a plain Linear again, no latency.
-# - $\alpha$ scales the update linearly; $\alpha/r$ keeps its size from
-#   drifting as $r$ changes.
+# - $\alpha$ scales the update linearly; it is not a learning rate, though
+#   with Adam it acts much like one. Dividing by $r$ more than cancels the
+#   growth of $BAx$ with $r$ (which grows like $\sqrt{r}$), so at fixed $\alpha$ a
+#   larger $r$ moves the output less; rsLoRA's $\alpha/\sqrt{r}$ keeps it level.
 #
 # **Next: 07_frozen_weights**, where "frozen means free" is measured in
 # bytes: gradients and optimizer state for full fine-tuning against LoRA.

@@ -1054,3 +1054,84 @@ def test_arrays_and_numbers_are_refused_as_torch_does(name):
     for bad in (np.ones(3), [1.0, 2.0, 3.0]):
         with pytest.raises(TypeError, match="Tensor"):
             fn(bad)
+
+
+def test_scalar_expression_graph_as_in_micrograd():
+    """A scalar graph that reuses nodes many times (the shape of micrograd's engine test),
+    with F.relu in it; minilora's value and gradients must equal torch's (float64)."""
+    def build(make, relu):
+        a, b = make(-4.0), make(2.0)
+        c = a + b
+        d = a * b + b ** 3
+        c = c + c + 1
+        c = c + 1 + c + (-a)
+        d = d + d * 2 + relu(b + a)
+        d = d + 3 * d + relu(b - a)
+        e = c - d
+        f = e ** 2
+        g = f / 2.0
+        g = g + 10.0 / f
+        g.backward()
+        return a, b, g
+
+    ta, tb, tg = build(lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=True), TF.relu)
+    a, b, g = build(lambda v: ml.Tensor(np.array(v), requires_grad=True), F.relu)
+    _same(g.numpy(), tg.detach().numpy(), "value")
+    _same(a.grad, ta.grad.numpy(), "dg/da")
+    _same(b.grad, tb.grad.numpy(), "dg/db")
+
+
+DELIBERATE = ("ambiguous", "every target is ignored")   # refusals listed in the differences page
+
+
+def _random_shape(rng, ndim, low=0):
+    return tuple(int(n) for n in rng.integers(low, 4, size=ndim))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_shapes_against_torch(seed):
+    """Random shapes (empty dims and 0-d included), dims, reductions and masks, the way a
+    property-based suite would draw them. A minilora error where torch answers fails the
+    test, except the deliberate refusals above."""
+    rng = np.random.default_rng(seed)
+
+    def check(ml_fn, torch_fn, *arrays):
+        try:
+            compare(ml_fn, torch_fn, *(np.asarray(a) for a in arrays))
+        except (ValueError, TypeError) as err:
+            if not any(words in str(err) for words in DELIBERATE):
+                raise
+
+    for _ in range(20):
+        shape = _random_shape(rng, int(rng.integers(0, 4)))
+        x = np.asarray(rng.standard_normal(shape) * rng.choice([1.0, 30.0]))
+        if shape:
+            dim = int(rng.integers(-len(shape), len(shape)))
+            check(lambda t: F.softmax(t, dim=dim), lambda t: TF.softmax(t, dim=dim), x)
+            check(lambda t: F.log_softmax(t, dim=dim), lambda t: TF.log_softmax(t, dim=dim), x)
+        if shape and 0 not in shape:
+            norm = shape[int(rng.integers(0, len(shape))):]
+            check(lambda t, w, b: F.layer_norm(t, norm, w, b), lambda t, w, b: TF.layer_norm(t, norm, w, b),
+                  x, rng.standard_normal(norm), rng.standard_normal(norm))
+        lead, n_in, n_out = _random_shape(rng, int(rng.integers(0, 3))), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        check(F.linear, TF.linear, rng.standard_normal(lead + (n_in,)), rng.standard_normal((n_out, n_in)),
+              rng.standard_normal(n_out))
+        C = int(rng.integers(1, 5))
+        x_shape = (int(rng.integers(1, 4)), C) + _random_shape(rng, int(rng.integers(0, 3)), low=1)
+        target = rng.integers(0, C, size=x_shape[:1] + x_shape[2:])
+        target.flat[0] = -100 if rng.random() < 0.3 else target.flat[0]
+        reduction, smoothing = str(rng.choice(REDUCTIONS)), float(rng.choice([0.0, 0.1]))
+        w = rng.random(C) + 0.1
+        check(lambda t: F.cross_entropy(t, target, weight=ml.Tensor(w), reduction=reduction, label_smoothing=smoothing),
+              lambda t: TF.cross_entropy(t, torch.from_numpy(target), weight=torch.from_numpy(w), reduction=reduction,
+                                         label_smoothing=smoothing), rng.standard_normal(x_shape) * 3)
+        batch = _random_shape(rng, int(rng.integers(0, 3)), low=1)
+        L, S, E = (int(n) for n in rng.integers(1, 5, size=3))
+        mask = rng.random((L, S)) > 0.4
+        check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+              lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, attn_mask=torch.from_numpy(mask)),
+              rng.standard_normal(batch + (L, E)), rng.standard_normal(batch + (S, E)), rng.standard_normal(batch + (S, 2)))
+        check(lambda a, b: F.mse_loss(a, b, reduction=reduction), lambda a, b: TF.mse_loss(a, b, reduction=reduction),
+              x, rng.standard_normal(shape[int(rng.integers(0, len(shape) + 1)):]))
+        check(lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction),
+              lambda a, b: TF.binary_cross_entropy_with_logits(a, b, reduction=reduction), x, rng.random(shape))
