@@ -138,7 +138,10 @@ def _directive(module_name: str, name: str, obj) -> str:
     if inspect.isfunction(obj) or inspect.isbuiltin(obj):
         return f".. autofunction:: {target}\n"
     # a constant: its own docstring would be its type's (an ndarray's, say), so state the type only
-    return f".. py:data:: {target}\n   :type: {type(obj).__name__}\n"
+    # (the name is relative: automodule above has set the current module)
+    value = repr(obj)
+    shown = f"   :value: {value}\n" if len(value) <= 60 and "\n" not in value else ""
+    return f".. py:data:: {name}\n   :module: {module_name}\n   :type: {type(obj).__name__}\n{shown}"
 
 
 def _first_line(module) -> str:

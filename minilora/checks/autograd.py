@@ -25,6 +25,7 @@ from minilora.checks.feedback import (
     correct,
     forbidding,
     register_hints,
+    returned,
     short,
 )
 from minilora.tensor import Tensor, count_backward_work
@@ -55,13 +56,6 @@ register_hints(
     "Ask of each tensor: is it a leaf (made directly, not by an operation)? Does it require grad? "
     "Intermediate results pass their gradient on and do not keep it.")
 
-
-def _returned(value: Any, ex: str, name: str) -> Any:
-    """The learner's return value, or an ExerciseError if the function returned nothing."""
-    if value is None:
-        raise ExerciseError(ex, f"your `{name}` returned None: did it reach its `return` line?",
-                            "End the function with `return` and the value it computes.")
-    return value
 
 
 # ---------------------------------------------------------------- helpers for the notebook
@@ -275,7 +269,7 @@ def check_softmax_backward(softmax_backward: Callable) -> None:
         with forbidding((Tensor, "backward"), (functional, "softmax"), (functional, "log_softmax"),
                         learner=softmax_backward):
             result = call_learner(softmax_backward, ex, "softmax_backward", x.copy(), G.copy())
-        got = as_array(_returned(result, ex, "softmax_backward"), ex, f"softmax_backward(x, G) for x of shape {shape}")
+        got = as_array(returned(result, ex, "softmax_backward"), ex, f"softmax_backward(x, G) for x of shape {shape}")
         if got.shape != shape:
             raise ExerciseError(ex, f"for x of shape {shape}, your dx has shape {got.shape}; it must have x's shape.",
                                 "Reduce with keepdims=True, so the per-row number broadcasts back over the row.")

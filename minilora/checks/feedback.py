@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = [
     "ExerciseError", "correct", "reveal", "as_number", "as_integer", "as_array", "call_learner",
-    "forbidding", "LibraryUsed", "register_hints", "hint", "short",
+    "forbidding", "LibraryUsed", "register_hints", "hint", "short", "returned",
 ]
 
 # exercise id -> (nudge, method); filled by each notebook's check module.
@@ -183,6 +183,14 @@ def as_array(answer: Any, ex: str, what: str, shapes: tuple[tuple[int, ...], ...
 
 
 # ---------------------------------------------------------------- running the learner's code
+
+def returned(value: Any, ex: str, name: str) -> Any:
+    """The learner's return value, or an ExerciseError if their function returned nothing."""
+    if value is None:
+        raise ExerciseError(ex, f"your `{name}` returned None: did it reach its `return` line?",
+                            "End the function with `return` and the value it computes.")
+    return value
+
 
 def call_learner(fn: Any, ex: str, name: str, *args: Any) -> Any:
     """Call the learner's function, turning its failure (or a tripwire) into an explanation."""

@@ -24,6 +24,7 @@ from minilora.checks.feedback import (
     correct,
     forbidding,
     register_hints,
+    returned,
     short,
 )
 from minilora.tensor import Tensor
@@ -94,13 +95,6 @@ _FORBIDDEN = ((lora.LoRALinear, "forward"), (lora.LoRALinear, "delta_weight"), (
               (minilora, "merge_and_unload"), (minilora, "apply_lora"))
 
 
-def _returned(value: Any, ex: str, name: str) -> Any:
-    """The learner's return value, or an ExerciseError if the function returned nothing."""
-    if value is None:
-        raise ExerciseError(ex, f"your `{name}` returned None: did it reach its `return` line?",
-                            "End the function with `return` and the value it computes.")
-    return value
-
 
 # ---------------------------------------------------------------- 6.1 (predict first)
 
@@ -146,7 +140,7 @@ def check_lora_forward(lora_forward: Callable) -> None:
                                   B.copy(), alpha)
         where = (f"for x of shape {x.shape}, W0 {W0.shape}, A {A.shape}, B {B.shape}, alpha = {alpha:g} "
                  f"(so r = {r})")
-        got = as_array(_returned(result, ex, "lora_forward"), ex, "lora_forward(...)")
+        got = as_array(returned(result, ex, "lora_forward"), ex, "lora_forward(...)")
         if got.shape != want.shape:
             raise ExerciseError(ex, f"{where}, your h has shape {got.shape}; it should be {want.shape}: "
                                 "the input's leading shape, then out_features.")
@@ -185,7 +179,7 @@ def check_lora_merge(lora_merge: Callable) -> None:
         with forbidding(*_FORBIDDEN, learner=lora_merge):
             result = call_learner(lora_merge, ex, "lora_merge", W0.copy(), A.copy(), B.copy(), alpha)
         where = f"for W0 of shape {W0.shape}, A {A.shape}, B {B.shape}, alpha = {alpha:g}"
-        got = as_array(_returned(result, ex, "lora_merge"), ex, "lora_merge(...)")
+        got = as_array(returned(result, ex, "lora_merge"), ex, "lora_merge(...)")
         if got.shape != W0.shape:
             hint = ("That is the transpose's shape: W0 is stored (out, in), and B (out, r) @ A (r, in) has that shape."
                     if got.shape == W0.shape[::-1] else None)

@@ -25,6 +25,7 @@ from minilora.checks.feedback import (
     correct,
     forbidding,
     register_hints,
+    returned,
     short,
 )
 from minilora.model import GPT, CausalSelfAttention
@@ -54,13 +55,6 @@ register_hints(
     "(1, T, vocab). Only the last position predicts the next character: take argmax over its logits, decode it "
     "with data.TOKENIZER.decode, append it to the ids, and repeat until the new character is data.END.")
 
-
-def _returned(value: Any, ex: str, name: str) -> Any:
-    """The learner's return value, or an ExerciseError if the function returned nothing."""
-    if value is None:
-        raise ExerciseError(ex, f"your `{name}` returned None: did it reach its `return` line?",
-                            "End the function with `return` and the value it computes.")
-    return value
 
 
 # ---------------------------------------------------------------- 5.1 (predict first)
@@ -139,7 +133,7 @@ def check_attention_head(one_head: Callable) -> None:
         with forbidding(*_ATTENTION_ANSWERS, learner=one_head):
             result = call_learner(one_head, ex, "one_head", *[a.copy() for a in args])
         where = f"for T = {T} tokens, C = {C}, D = {D}"
-        got = as_array(_returned(result, ex, "one_head"), ex, f"one_head(...) {where}")
+        got = as_array(returned(result, ex, "one_head"), ex, f"one_head(...) {where}")
         if got.shape != (T, D):
             raise ExerciseError(ex, f"{where}, your head returned shape {got.shape}; it should be (T, D) = {(T, D)}: "
                                 "one D-vector per token.",
