@@ -1,6 +1,6 @@
 """LoRA's three costs, each measured as a ratio within one run.
 
-Times are taken in blocks (minilora.timing_blocks.in_blocks): each contender runs a
+Times are taken in blocks (minilora.timing.in_blocks): each contender runs a
 block of calls after one untimed call, the order rotates from run to run, and
 each ratio is printed as its median over runs with the fastest and slowest run.
 

@@ -4,7 +4,7 @@ Two sweeps of the same GPT (2 layers, 4 heads, batch 8, vocab 64, AdamW):
 n_embd from 64 to 1024 at sequence length 64, and sequence length from 64 to
 512 at n_embd 128. At each point minilora, PyTorch eager (attention written
 out, the same arithmetic) and PyTorch with scaled_dot_product_attention are
-timed in blocks (minilora.timing_blocks.in_blocks). Saves a plot of step time and of
+timed in blocks (minilora.timing.in_blocks). Saves a plot of step time and of
 the minilora / PyTorch ratio, and the numbers beside it as JSON.
 
     python benchmarks/bench_scaling.py                 # docs/figures/scaling.{png,json}

@@ -2,7 +2,7 @@
 
 Same weights, same batch. PyTorch runs twice: eager with attention written
 out as minilora writes it (same arithmetic), and with its fused
-scaled_dot_product_attention. Timed in blocks (minilora.timing_blocks.in_blocks):
+scaled_dot_product_attention. Timed in blocks (minilora.timing.in_blocks):
 each library runs a block of steps after one untimed step, the order rotates
 from run to run, and each ratio is the median over runs with its range.
 Also prints the achieved GFLOP/s as a share of NumPy's matmul rate.

@@ -7,11 +7,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from minilora.timing_blocks import BlockTimes, Ratio, in_blocks
+from minilora.timing import BlockTimes, Ratio, in_blocks
 
 
 def timed(contenders: dict, runs: int, block: int, label: str, settle: int = 1) -> BlockTimes:
-    """`minilora.timing_blocks.in_blocks` with a progress bar (on stderr, so stdout keeps only results)."""
+    """`minilora.timing.in_blocks` with a progress bar (on stderr, so stdout keeps only results)."""
     with tqdm(total=runs * len(contenders), desc=label, unit="block", leave=False, file=sys.stderr) as bar:
         return in_blocks(contenders, runs=runs, block=block, settle=settle, progress=lambda name: bar.update())
 

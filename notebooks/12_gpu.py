@@ -37,7 +37,7 @@ import numpy as np
 import minilora as ml
 from minilora import checks, nn
 from minilora import functional as F
-from minilora.timing_blocks import in_blocks
+from minilora.timing import in_blocks
 
 try:
     ml.set_device("cuda")

@@ -1,4 +1,4 @@
-"""Timing in blocks (minilora.timing_blocks) and the benchmark scripts.
+"""Timing in blocks (minilora.timing) and the benchmark scripts.
 
 The timing logic is tested with a fake clock: each fake contender moves the
 clock forward by a cost the test chose, so every median, range and ratio
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from minilora.timing_blocks import in_blocks
+from minilora.timing import in_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
