@@ -53,4 +53,14 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 html_static_path = []
+
+# Equations offline: MathJax 2 from the jupyter-server-mathjax package (the docs extra),
+# copied into _static/mathjax by _ext/minilora_sphinx.py; without it, MathJax's CDN.
+try:
+    import jupyter_server_mathjax
+    MATHJAX_DIR = Path(jupyter_server_mathjax.__file__).parent / "static"
+except ImportError:
+    MATHJAX_DIR = None
+if MATHJAX_DIR is not None and (MATHJAX_DIR / "MathJax.js").is_file():
+    mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
 html_last_updated_fmt = None

@@ -180,7 +180,7 @@ for name, parts in tally.items():
     print(f"{name:>16}: " + ", ".join(f"{p} {b / 1e9:,.2f} GB" for p, b in parts.items()))
 
 # %% [markdown]
-# The optimizer state shrank by the factor you predicted, but the total only
+# The optimizer state shrank by the factor revealed above, but the total only
 # by about 6x: the frozen weights are still there, and now they are nearly all
 # of it. The paper measured 1.2 TB for full fine-tuning and 350 GB with LoRA;
 # it does not break its figure down the way we did, so our 2.1 TB is a

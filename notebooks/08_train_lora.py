@@ -187,17 +187,18 @@ print(f"accuracy of the reloaded model: {task_accuracy(reloaded, [TASK])[TASK]:.
 # ## A second adapter on the same base, and swapping
 #
 # One frozen base can carry many adapters. We add a second one, for `inc`
-# (add one to each digit), again rank 4 on $W_q$ and $W_v$, train it with
-# exactly the recipe of the rank sweep below (so it is also one point of that
-# sweep, trained live), and switch between the two adapters
-# with `set_adapter`. The base weights are never written.
+# (add one to each digit), train it with exactly the recipe of the rank sweep
+# below, and switch between the two adapters with `set_adapter`. The base
+# weights are never written. This adapter sits beside every linear layer at
+# rank 2: the setting of the sweep that learned `inc` on every seed (rank 4 on
+# $W_q$, $W_v$ alone is at the edge of what `inc` needs, as we will see).
 
 # %%
 from minilora.sweep import TARGET_SETS, Recipe, load_sweep
 
 recipe = Recipe()                                          # 600 steps, lr 1e-2, alpha = r
-base_arrays = [(p, p.data) for n, p in lora.named_parameters() if "lora_" not in n]   # the frozen W0s
-apply_lora(lora, LoraConfig(r=4, lora_alpha=4, target_modules=TARGET_SETS["q,v"]), adapter_name="inc")
+base_arrays = [(p, p.data.copy()) for n, p in lora.named_parameters() if "lora_" not in n]   # the frozen W0s
+apply_lora(lora, LoraConfig(r=2, lora_alpha=2, target_modules=TARGET_SETS["all linear"]), adapter_name="inc")
 set_adapter(lora, "inc")                                   # only inc's A and B train now
 inc_run = train(lora, task_batches(["inc"], recipe.batch_size, 32, seed=0),
                 TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
@@ -207,8 +208,13 @@ for name in (TASK, "inc"):
     set_adapter(lora, name)
     acc = task_accuracy(lora, [TASK, "inc"])
     print(f"set_adapter({name!r}): rot {acc[TASK]:6.1%}   inc {acc['inc']:6.1%}")
-untouched = all(p.data is data_before for p, data_before in base_arrays)
+untouched = all(np.array_equal(p.data, before) for p, before in base_arrays)
 print("base weights untouched by training and swapping:", untouched)
+
+# %% [markdown]
+# `set_adapter` switches a whole adapter in: with `rot` set the model rotates
+# but cannot add one, and the other way round: two tasks, one copy of the
+# base, and each adapter a few kilobytes.
 
 # %% [markdown]
 # ## How much rank does a task need?
@@ -252,14 +258,23 @@ checks.reveal_best_rank(my_prediction)
 lora_rank_explorer()
 
 # %% [markdown]
-# The `inc` adapter trained above is the explorer's point "q,v, r = 4",
-# trained live with the same recipe. Here are the sweep's three seeds at that
-# point, beside yours:
+# The `inc` adapter trained above is the explorer's point "all linear,
+# r = 2", trained live with the same recipe but its own random start of $A$.
+# Here are the sweep's three seeds at that point, beside yours:
 
 # %%
-shipped = [r["accuracy"] for r in load_sweep()["runs"] if (r["rank"], r["targets"]) == (4, "q,v")]
-print("the sweep's seeds at q,v, r = 4:", ", ".join(f"{a:.1%}" for a in shipped))
-print(f"your live run:                  {acc['inc']:.1%}")     # measured above, with 'inc' set
+shipped = [r["accuracy"] for r in load_sweep()["runs"] if (r["rank"], r["targets"]) == (2, "all linear")]
+print("the sweep's seeds at all linear, r = 2:", ", ".join(f"{a:.1%}" for a in shipped))
+print(f"your live run:                         {acc['inc']:.1%}")     # measured above, with 'inc' set
+
+# %% [markdown]
+# Where every seed lands on 100%, one live run agrees with the sweep. At an
+# edge it need not: look at "q,v" in the explorer, where rank 2 gives 0% on
+# one seed and 9.5% on another, and rank 4 is near 100% on the sweep's three
+# seeds while other random starts of $A$ learn far less (eight fresh starts
+# gave 86.5% to 100% on our machine, and one start stayed near 0%). At an
+# edge the random start decides, which is why a fair rank comparison reports
+# the spread over several seeds and never a single run.
 
 # %% [markdown]
 #

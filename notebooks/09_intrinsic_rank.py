@@ -15,7 +15,7 @@
 # ---
 
 # %% [markdown]
-# # 9. Intrinsic rank: the update is low rank, the weights are not
+# # 9. Intrinsic rank: how many directions does the update use?
 #
 # LoRA bets that the *change* fine-tuning makes to a weight matrix,
 # $\Delta W = W_\text{tuned} - W_0$, needs only a few directions, even though
@@ -83,7 +83,7 @@ my_prediction = 3.0
 ### END SOLUTION
 
 # %% nbgrader={"grade": false, "grade_id": "ex-9-1-reveal", "locked": true, "schema_version": 3, "solution": false}
-checks.reveal_delta_w_stable_rank(my_prediction, results)
+checks.reveal_delta_w_stable_rank(my_prediction, results);
 
 # %% [markdown]
 # Your live run, matrix by matrix: $W_0$ against $\Delta W$. Both are full
@@ -272,7 +272,7 @@ my_growth = 1.0
 ### END SOLUTION
 
 # %% nbgrader={"grade": false, "grade_id": "ex-9-5-reveal", "locked": true, "schema_version": 3, "solution": false}
-checks.reveal_d_int90_growth(my_growth, results)
+checks.reveal_d_int90_growth(my_growth, results);
 
 # %%
 idim = results["intrinsic_dimension"]

@@ -73,7 +73,7 @@ my_rank = 2
 ### END SOLUTION
 
 # %% nbgrader={"grade": false, "grade_id": "ex-10-1-reveal", "locked": true, "schema_version": 3, "solution": false}
-checks.reveal_smallest_rank(my_rank, results)
+checks.reveal_smallest_rank(my_rank, results);
 
 # %%
 display(Image(filename=str(paper.ASSET_DIR / "rank_sweep.png")))
@@ -128,8 +128,11 @@ verdict("several matrices")
 
 # %% [markdown]
 # An equal budget makes the comparison fair; it does not make the answer
-# the same on every model. On the tiny GPT, which matrix is adapted can
-# matter more than how many: compare the single-matrix rows with each other.
+# the same on every model. The paper's own pair comes out the same way here:
+# $W_q, W_v$ at $r = 4$ beat $W_q$ alone at $r = 8$. The general claim fails
+# because $W_o$ alone at $r = 8$ learns the task completely: on the tiny GPT,
+# *which* matrix is adapted can matter more than how many. Compare the
+# single-matrix rows with each other.
 
 # %% [markdown]
 # ## Do adapters of different rank learn the same directions? (§7.2)
@@ -253,7 +256,7 @@ for key in ("grad_norm_alpha_over_r", "grad_norm_alpha_over_sqrt_r"):
     print(f"{key:<28}", np.round(grad_norms[key], 4))
 
 # %% nbgrader={"grade": false, "grade_id": "ex-10-5-reveal", "locked": true, "schema_version": 3, "solution": false}
-checks.reveal_rslora_ratio(my_ratio, grad_norms)
+checks.reveal_rslora_ratio(my_ratio, grad_norms);
 
 # %% [markdown]
 # ## All the verdicts

@@ -138,7 +138,7 @@ for name, ms in latency_ms.items():
     print(f"{name:<15} {ms:6.2f} ms   {ms / latency_ms['base']:.2f}x base")
 
 # %% nbgrader={"grade": false, "grade_id": "ex-11-3-reveal", "locked": true, "schema_version": 3, "solution": false}
-checks.reveal_adapter_latency(my_ratio, latency_ms)
+checks.reveal_adapter_latency(my_ratio, latency_ms);
 
 # %% [markdown]
 # The shipped run measured the same (with more repeats); timings vary from

@@ -234,7 +234,19 @@ def _generate(app) -> None:
     write_api_pages()
 
 
+def _copy_mathjax(app, exception):
+    """Ship MathJax with the site (conf.py's MATHJAX_DIR), so equations render without a network."""
+    source = getattr(app.config, "MATHJAX_DIR", None)
+    if exception is not None or source is None or app.builder.format != "html":
+        return
+    import shutil
+    shutil.copytree(source, Path(app.outdir) / "_static" / "mathjax", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+
+
 def setup(app):
+    app.add_config_value("MATHJAX_DIR", None, "html")
+    app.connect("build-finished", _copy_mathjax)
     app.connect("builder-inited", _generate)
     app.connect("source-read", _list_other_pages)
     app.connect("autodoc-process-docstring", _verbatim_if_not_rst)

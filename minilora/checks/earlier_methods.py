@@ -132,7 +132,7 @@ _WRONG = {"a", "b", "c"}
 _WHY = {
     "a": "(a) is wrong: W0 stays frozen, every entry of it; LoRA trains two new matrices B and A beside it.",
     "b": "(b) is wrong: h = W0 x + (alpha / r) B A x, with B and A new factors of the *update*, not parts of W.",
-    "c": "(c) is wrong: merged, the model holds W0 + B A in the same shapes as W0, so it costs the same, not less.",
+    "c": "(c) is wrong: merged, the model holds W0 + (alpha / r) B A in the same shape as W0, so it costs the same, not less.",
     "d": "(d) is right: same matrices, same shapes, same cost.",
     "e": "(e) is right: W_up gelu(W_down h) is not a linear map, so no single matrix replaces it.",
     "f": "(f) is right: n virtual tokens take n positions of the window (and n more in every attention).",

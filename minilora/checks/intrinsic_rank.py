@@ -42,7 +42,7 @@ register_hints(
     "d (not its accuracy) whose accuracy is at least the threshold; if none reaches it, return None.")
 register_hints(
     "9.5",
-    "Li et al. widened an MNIST network 24x.",
+    "Li et al. widened an MNIST network until it had 24x the parameters.",
     "Look at how d_int90 changed in the shipped results, then compare with the parameter count.")
 
 
@@ -53,7 +53,7 @@ def reveal_delta_w_stable_rank(prediction: Any, results: dict) -> bool:
     return reveal("9.1", prediction, round(ir["delta_w_stable_rank"], 2),
                   f"Full fine-tuning changed every weight of the block matrices, yet the change has a mean stable "
                   f"rank of {ir['delta_w_stable_rank']:.2f}, against {ir['w0_stable_rank']:.2f} for the pretrained "
-                  f"weights themselves. The update concentrates on a few directions; the weights do not. That "
+                  f"weights themselves. The update is more concentrated than the weights it changes. That "
                   f"gap is what LoRA's r exploits.", what="your predicted stable rank", rel_tol=0.25)
 
 
@@ -176,5 +176,5 @@ def reveal_d_int90_growth(prediction: Any, results: dict) -> bool:
     return reveal("9.5", prediction, round(growth, 2),
                   f"The parameter count grew {D[-1] / D[0]:.1f}x ({D[0]} -> {D[-1]}), and d_int90 went "
                   f"{d[0]:g} -> {d[-1]:g}. What the task needs is a property of the task more than of the network: "
-                  f"a wider network has more parameters, not more to learn. (Li et al.: 24x wider, d_int90 1.33x.)",
+                  f"a wider network has more parameters, not more to learn. (Li et al.: 24x the parameters, d_int90 1.33x.)",
                   what="your predicted growth factor of d_int90", rel_tol=0.3)
