@@ -203,13 +203,28 @@ checks.trace_lora_init(np.zeros((r, d_in)), np.zeros((d_out, r)))
 # The update is multiplied by $\alpha / r$. Two reasons to have it:
 #
 # - **$\alpha$ sets the update's size.** Doubling $\alpha$ doubles how far the
-#   output moves for the same $A$ and $B$. It is not a learning rate, but with
-#   Adam, whose steps have a fixed size whatever the gradient's scale, a larger
-#   $\alpha$ makes each step change $W$ more, so it acts much like one.
+#   output moves for the same $A$ and $B$.
 # - **Dividing by $r$** stops the update from growing as you add directions,
 #   so trying another $r$ needs less retuning. The paper fixes $\alpha$ to the
 #   first $r$ it tries and does not tune it.
+
+# ### Exercise 6.5 (predict first)
 #
+# "So $\alpha$ is just a learning rate?" Test it. Take a fresh layer ($B = 0$),
+# one batch, **one plain SGD step** with a fixed learning rate, and measure how
+# far the output moves. Now do the same with $\alpha$ doubled. By what factor
+# does the output move further? (The reveal also runs Adam.)
+
+# %% nbgrader={"grade": false, "grade_id": "ex-6-5", "locked": false, "schema_version": 3, "solution": true}
+# Exercise 6.5: your prediction of the factor (a number, e.g. 1, 2 or 4)
+### BEGIN SOLUTION
+my_prediction = 4
+### END SOLUTION
+
+# %% nbgrader={"grade": false, "grade_id": "ex-6-5-reveal", "locked": true, "schema_version": 3, "solution": false}
+checks.reveal_alpha_doubling(my_prediction);
+
+# %% [markdown]
 # Move the sliders. The layer has a random $A$ and a non-zero $B$, standing in
 # for a trained adapter. The left plot is one output before and after the
 # update; the right one shows how far all outputs move as $\alpha$ grows, for

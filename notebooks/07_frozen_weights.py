@@ -48,7 +48,7 @@ model = apply_lora(load_pretrained(), LoraConfig(r=4, lora_alpha=4, target_modul
 print_trainable_parameters(model)
 print("parameter tensors:", len(list(model.named_parameters())))
 for name, p in list(model.named_parameters())[:12]:
-    print(f"{name:42s} {str(p.shape):12s} requires_grad={p.requires_grad}")
+    print(f"{name:42s} {str(p.shape):12s}")
 print("...")
 
 # %% [markdown]

@@ -608,3 +608,18 @@ def test_student_copy_stops_at_its_first_exercise(name, tmp_path):
     first = next(i for i, c in enumerate(book.cells) if c.cell_type == "code" and "NotImplementedError" in c.source)
     ran = [i for i, c in enumerate(book.cells) if c.cell_type == "code" and c.get("execution_count")]
     assert max(ran) == first
+
+
+def test_reveal_alpha_doubling_measures_sgd_squared_and_adam_linear(capsys):
+    """One SGD step from B = 0 moves the output (2)^2 = 4x as far when alpha doubles: alpha / r enters
+    through B's gradient and again through the scaled path. Adam's first step has a fixed size: 2x."""
+    from minilora.checks.lora_layer import _first_step_change
+
+    assert math.isclose(_first_step_change(16.0, "sgd") / _first_step_change(8.0, "sgd"), 4.0, rel_tol=1e-9)
+    assert math.isclose(_first_step_change(16.0, "adam") / _first_step_change(8.0, "adam"), 2.0, rel_tol=1e-5)
+    assert checks.reveal_alpha_doubling(4) is True
+    assert checks.reveal_alpha_doubling(2) is False          # a wrong guess is explained, never failed
+    assert "4.00x as far with SGD" in capsys.readouterr().out
+    for bad in (None, ..., "4", float("nan")):
+        with pytest.raises(ExerciseError):
+            checks.reveal_alpha_doubling(bad)

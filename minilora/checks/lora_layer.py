@@ -25,11 +25,13 @@ from minilora.checks.feedback import (
     forbidding,
     register_hints,
     returned,
+    reveal,
     short,
 )
 from minilora.tensor import Tensor
 
-__all__ = ["reveal_step_zero", "check_lora_forward", "check_lora_merge", "check_lora_init", "trace_lora_init"]
+__all__ = ["reveal_step_zero", "check_lora_forward", "check_lora_merge", "check_lora_init", "trace_lora_init",
+           "reveal_alpha_doubling"]
 
 register_hints(
     "6.1",
@@ -277,3 +279,47 @@ def check_lora_init(init_lora: Callable) -> None:
                "step B is non-zero and both train." if zero_B else
                "With A = 0 (PEFT's choice for Embedding layers), dL/dB is 0 at step 0 but dL/dA is not; after "
                "one step A is non-zero and both train."))
+
+
+# ---------------------------------------------------------------- 6.5 (predict first)
+
+register_hints(
+    "6.5",
+    "Write the output's change after one step as (alpha / r) times (the change of B) times A x, and ask how "
+    "the change of B depends on alpha.",
+    "B's gradient carries a factor alpha / r (the chain rule through the scaled path). SGD's step is lr times "
+    "the gradient, so the change of B carries that factor too, and the output multiplies by alpha / r once "
+    "more.")
+
+
+def _first_step_change(alpha: float, optimizer: str) -> float:
+    """max |h_after - h_before| after one optimizer step of a fresh LoRA layer (B = 0), in float64."""
+    from minilora.optim import SGD, AdamW
+
+    rng = np.random.default_rng(4065)
+    d_in, d_out, r = 16, 12, 4
+    W0 = rng.standard_normal((d_out, d_in)) / np.sqrt(d_in)
+    A = rng.uniform(-1, 1, (r, d_in)) / np.sqrt(d_in)       # PEFT's default init, B = 0
+    model, layer = _reference_layer(W0, np.zeros(d_out), A, np.zeros((d_out, r)), alpha)
+    x = Tensor(rng.standard_normal((8, d_in)))
+    y = Tensor(rng.standard_normal((8, d_out)))
+    trainable = [p for p in model.parameters() if p.requires_grad]          # A and B only
+    step = (AdamW(trainable, lr=1e-2, weight_decay=0.0) if optimizer == "adam" else SGD(trainable, lr=1e-2))
+    before = to_numpy(model(x).data)
+    ((model(x) - y) ** 2).mean().backward()
+    step.step()
+    return float(np.max(np.abs(to_numpy(model(x).data) - before)))
+
+
+def reveal_alpha_doubling(my_prediction: Any) -> bool:
+    """Exercise 6.5: by what factor does one SGD step move the output more when alpha doubles?"""
+    sgd = _first_step_change(16.0, "sgd") / _first_step_change(8.0, "sgd")
+    adam = _first_step_change(16.0, "adam") / _first_step_change(8.0, "adam")
+    return reveal("6.5", my_prediction, sgd,
+                  f"Measured on a fresh layer (B = 0), one step, the same learning rate: doubling alpha moves the "
+                  f"output {sgd:.2f}x as far with SGD, and {adam:.2f}x with Adam. With SGD alpha enters twice: "
+                  "B's gradient carries alpha / r, and the update is multiplied by alpha / r again. Adam divides "
+                  "each gradient by its own running size, so its first step has a fixed size and only the outer "
+                  "factor remains. Either way a larger alpha moves the model faster, so it behaves like a "
+                  "learning rate without being one: it scales the update, and the optimizer decides how that "
+                  "combines with the step.", rel_tol=0.05)
