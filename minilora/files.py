@@ -277,21 +277,22 @@ def replace_dir(src, target) -> Path:
     return target
 
 
-def write_file_atomically(path, data: bytes | str) -> Path:
+def write_file_atomically(path, data: bytes | str, mode: int | None = None) -> Path:
     """Replace one file in a single rename (text is written as UTF-8).
 
     A reader sees the old file or the new one, never a half-written one. The
-    file keeps its permissions, or gets the usual ones (umask) when new; a
-    symbolic link is written through. Returns the real path written.
+    file gets `mode` if given, else keeps its permissions, or gets the usual
+    ones (umask) when new; a symbolic link is written through. Returns the
+    real path written.
     """
     path = _resolve(Path(path))
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; expected a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     recover(path)
-    if path.exists():
+    if mode is None and path.exists():
         mode = path.stat().st_mode & 0o7777
-    else:
+    elif mode is None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask

@@ -39,8 +39,9 @@ import json
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
+
+from minilora.files import write_file_atomically
 
 __all__ = ["make_student_copies", "strip_solutions", "StudentCopyError", "BEGIN", "END"]
 
@@ -158,20 +159,6 @@ def _exercise_label(lines_above: list[str], grade_id_label: str | None, markdown
     return f"Exercise {k} of {name}"
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    # mkstemp makes the file 0600 (private); set the source notebook's mode before the rename
-    # so the copy never appears with the wrong permissions
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def make_student_copies(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]:
     """Write student copies of the notebooks in `src` (a folder, or one .ipynb) into folder `dst`.
 
@@ -210,5 +197,5 @@ def make_student_copies(src: str | os.PathLike, dst: str | os.PathLike) -> list[
 
     dst_path.mkdir(parents=True, exist_ok=True)
     for target, text, mode in prepared:
-        _write_atomic(target, text, mode)
+        write_file_atomically(target, text, mode)   # the source notebook's permissions, set before the rename
     return [target for target, _, _ in prepared]
