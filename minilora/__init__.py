@@ -12,7 +12,7 @@ _shape, _creation.)
 import numpy as np
 
 from minilora import backend, functional, nn, optim
-from minilora.backend import get_array_module, set_device, to_numpy
+from minilora.backend import default_device, set_device, to_numpy
 from minilora.tensor import (
     Tensor,
     concatenate,

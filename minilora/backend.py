@@ -1,11 +1,16 @@
 """The device seam: the one place that knows whether arrays live in NumPy or CuPy.
 
-Every compute module asks this file for its array namespace instead of
-importing NumPy or CuPy itself, so the same code runs on a CPU and a GPU:
+Arrays follow their data. An operation computes with the library that owns its
+inputs, so its result lands where its inputs are; no code asks "which device
+are we on?". Inside an op that reads
 
-    from minilora import backend
-    xp = backend.xp                          # numpy, or cupy after set_device("cuda")
-    xp = backend.get_array_module(array)     # the namespace an existing array lives in
+    xp = x.xp                  # numpy or cupy: whichever holds x's array (Tensor.xp)
+    out = xp.exp(x.data)       # so the result is on x's device
+
+`set_device` only says where *new* tensors and models are created (the
+constructor and tensor(), zeros(), randn(), ...); existing ones stay where they
+are until `.to(device)` moves them. MINILORA_DEVICE is read once, at the end of
+this file.
 
 CuPy mirrors NumPy's API, so the only operation that needs a branch on the
 device is scatter-add (embedding gradients), which the two libraries spell
@@ -17,8 +22,7 @@ import os
 
 import numpy as np
 
-xp = np            # the active array namespace; replaced by set_device()
-device = "cpu"     # "cpu" or "cuda"
+_default_device = "cpu"   # where new tensors are created: "cpu" or "cuda"
 _cupy = None       # the cupy module, once imported
 _rng = np.random.default_rng(0)   # host generator for initialisation and dropout
 
@@ -53,22 +57,38 @@ def _import_cupy():
 
 
 def set_device(name: str) -> None:
-    """Choose where new tensors live: "cpu" (NumPy) or "cuda" (CuPy).
+    """Choose where new tensors and models are created: "cpu" (NumPy) or "cuda" (CuPy).
 
     Existing tensors stay where they are; move a model with `model.to(name)`.
     """
-    global xp, device
+    global _default_device
+    _check_device(name)
+    if name == "cuda":
+        _import_cupy()
+    _default_device = name
+
+
+def default_device() -> str:
+    """Where new tensors are created: "cpu" unless set_device or MINILORA_DEVICE said otherwise."""
+    return _default_device
+
+
+def _check_device(name) -> None:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}: use 'cpu' or 'cuda'")
-    xp = _import_cupy() if name == "cuda" else np
-    device = name
 
 
-def get_array_module(array):
-    """NumPy or CuPy, whichever owns `array` (NumPy for anything that is not a CuPy array)."""
+def array_namespace(array):
+    """NumPy or CuPy, whichever owns `array` (NumPy for anything that is not a CuPy array).
+    Tensor.xp is this function applied to the tensor's data."""
     if _cupy is not None and isinstance(array, _cupy.ndarray):
         return _cupy
     return np
+
+
+def device_of(array) -> str:
+    """"cuda" for a CuPy array, "cpu" for anything else."""
+    return "cpu" if array_namespace(array) is np else "cuda"
 
 
 def to_numpy(array) -> np.ndarray:
@@ -80,11 +100,10 @@ def to_numpy(array) -> np.ndarray:
 
 def to_device(array, name: str):
     """`array` moved to device `name` ("cpu" or "cuda"); no copy when it is already there."""
+    _check_device(name)
     if name == "cpu":
         return to_numpy(array)
-    if name == "cuda":
-        return _import_cupy().asarray(array)
-    raise ValueError(f"unknown device {name!r}: use 'cpu' or 'cuda'")
+    return _import_cupy().asarray(array)
 
 
 def scatter_add(target, indices, values) -> None:
@@ -93,7 +112,7 @@ def scatter_add(target, indices, values) -> None:
     Plain `target[indices] += values` keeps only one of the repeated updates,
     which is wrong for an embedding row used twice in a batch.
     """
-    if get_array_module(target) is np:
+    if array_namespace(target) is np:
         if _is_row_index(indices, target, values):
             _add_rows(target, indices, values)
         else:
@@ -128,7 +147,7 @@ def erf(array):
     NumPy has no erf; SciPy's (and CuPy's copy of it on the GPU) is accurate to
     float64 rounding. Imported here, on first use, so `import minilora` stays fast.
     """
-    if get_array_module(array) is np:
+    if array_namespace(array) is np:
         from scipy.special import erf as _erf
     else:
         from cupyx.scipy.special import erf as _erf
@@ -136,10 +155,10 @@ def erf(array):
 
 
 def synchronize() -> None:
-    """Wait for the GPU to finish queued work (GPU calls return early); a no-op on the CPU.
+    """Wait for the GPU to finish queued work (GPU calls return early); a no-op without one.
     Timing GPU code without it measures only how fast work is queued."""
-    if xp is not np:
-        xp.cuda.Device().synchronize()
+    if _cupy is not None:
+        _cupy.cuda.Device().synchronize()
 
 
 def manual_seed(seed: int) -> None:
@@ -150,11 +169,12 @@ def manual_seed(seed: int) -> None:
         _cupy.random.seed(seed)
 
 
-def random_uniform(shape):
-    """Uniform [0, 1) numbers on the active device (dropout masks), seeded by manual_seed."""
-    if xp is np:
+def random_uniform(shape, device: str):
+    """Uniform [0, 1) float32 numbers on `device` (dropout masks), seeded by manual_seed."""
+    _check_device(device)
+    if device == "cpu":
         return _rng.random(shape, dtype=np.float32)
-    return xp.random.random(shape, dtype=np.float32)
+    return _import_cupy().random.random(shape, dtype=np.float32)
 
 
 def rng() -> np.random.Generator:

@@ -35,11 +35,19 @@ _REDUCTIONS = ("none", "mean", "sum")
 # small helpers
 
 
-def _array(x):
-    """The array behind a Tensor, or `x` made an array on the active device."""
+def _array(x, like: Tensor | None = None):
+    """The array behind a Tensor; or `x` (a list, number or array) as an array on the
+    device of `like` (the op's main input), or, with no `like`, where new tensors go."""
     if isinstance(x, Tensor):
         return x.data
-    return x if hasattr(x, "dtype") else backend.xp.asarray(x)
+    if like is not None:
+        return like.xp.asarray(x)
+    return x if hasattr(x, "dtype") else backend.to_device(np.asarray(x), backend.default_device())
+
+
+def _tensor_like(x, like: Tensor) -> Tensor:
+    """`x` as a Tensor on `like`'s device (a Tensor passes as it is): targets, weights."""
+    return x if isinstance(x, Tensor) else Tensor(_array(x, like), device=like.device)
 
 
 def _compute_dtype(dtype):
@@ -130,7 +138,7 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """max(x, 0). The gradient is 0 where x <= 0 and passes elsewhere, NaN included (as PyTorch)."""
     _refuse_inplace("relu", inplace)
     _require_tensor("relu", input)
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     off = input.data <= 0
     y = xp.where(off, xp.zeros((), input.dtype), input.data)
 
@@ -173,7 +181,7 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
     if beta == 0:
         raise ValueError("softplus: beta must be non-zero")
     _require_float("softplus", input)
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     bx = input.data * beta
     linear_part = bx > threshold
     with np.errstate(over="ignore"):
@@ -193,7 +201,7 @@ def erf(input: Tensor) -> Tensor:
     _require_tensor("erf", input)
     if input.dtype.kind != "f":                         # as torch.erf: integers give float32
         input = input.astype(np.float32)
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     a = _upcast(input.data)
     y = backend.erf(a).astype(input.dtype, copy=False)
 
@@ -227,7 +235,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     _require_float("gelu", input)
     if approximate == "none":
         return _gelu_erf(input)
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     a = _upcast(input.data)
     # (1 + tanh(u)) / 2 = sigmoid(2u), and exp is about twice as fast as tanh in NumPy,
     # so Phi is computed as s = 1 / (1 + exp(-2u)). Each line works in place on s,
@@ -258,7 +266,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
 
 def _gelu_erf(input: Tensor) -> Tensor:
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     a = _upcast(input.data)
     phi_cdf = 0.5 * (1.0 + backend.erf(a * (1 / math.sqrt(2))))      # Phi(x)
     y = (a * phi_cdf).astype(input.dtype, copy=False)
@@ -313,8 +321,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if weight.requires_grad:                         # dW = g^T x    [out, N] @ [N, in]
             weight._add_grad(g2.T @ x2)
         if bias is not None and bias.requires_grad:      # db = column sums of g, as 1^T g (BLAS)
-            xp = backend.get_array_module(g2)
-            bias._add_grad(xp.ones(g2.shape[0], dtype=g2.dtype) @ g2)
+            bias._add_grad(weight.xp.ones(g2.shape[0], dtype=g2.dtype) @ g2)
 
     return op_result(y2.reshape(*lead, out_features), parents, _backward, "linear")
 
@@ -342,7 +349,7 @@ def embedding(input, weight: Tensor, padding_idx: int | None = None, max_norm=No
         raise NotImplementedError("embedding: max_norm, scale_grad_by_freq and sparse are not supported")
     if not isinstance(weight, Tensor) or weight.ndim != 2:
         raise ValueError("embedding: weight must be a 2-D Tensor (num_embeddings, embedding_dim)")
-    ids = _array(input)
+    ids = _array(input, weight)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     num = weight.shape[0]
@@ -355,8 +362,7 @@ def embedding(input, weight: Tensor, padding_idx: int | None = None, max_norm=No
     out_data = weight.data[ids]                          # [...] -> [..., dim]
 
     def _backward(out):
-        xp = backend.get_array_module(out.grad)
-        g = xp.zeros_like(weight.data)
+        g = weight.xp.zeros_like(weight.data)
         backend.scatter_add(g, ids.reshape(-1), out.grad.reshape(-1, weight.shape[1]))
         if padding_idx is not None:
             g[padding_idx] = 0
@@ -368,7 +374,7 @@ def embedding(input, weight: Tensor, padding_idx: int | None = None, max_norm=No
 def one_hot(tensor, num_classes: int = -1) -> Tensor:
     """(...) integer classes -> (...,  num_classes) int64 of zeros with a 1 at each class."""
     ids = _array(tensor)
-    xp = backend.get_array_module(ids)
+    xp = backend.array_namespace(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"one_hot: needs an integer (index) tensor, got dtype {ids.dtype}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
@@ -385,7 +391,7 @@ def one_hot(tensor, num_classes: int = -1) -> Tensor:
     if ids.size and int(ids.max()) >= num_classes:
         raise ValueError(f"one_hot: class {int(ids.max())} is not below num_classes={num_classes}")
     out = (ids[..., None] == xp.arange(num_classes)).astype(np.int64)
-    return Tensor(out)
+    return op_result(out, (), None, "one_hot")          # on the ids' device
 
 
 # ----------------------------------------------------------------------------
@@ -395,7 +401,7 @@ def one_hot(tensor, num_classes: int = -1) -> Tensor:
 def _row_max(x: Tensor, dim: int) -> Tensor:
     """max of x along dim, as a constant. softmax(x - m) = softmax(x) for any m, so m
     needs no gradient; m = the max keeps every exponent <= 0, so exp cannot overflow."""
-    return Tensor(x.data.max(axis=dim, keepdims=True))
+    return op_result(x.data.max(axis=dim, keepdims=True), (), None, "row_max")
 
 
 def softmax_reference(x: Tensor, dim: int = -1) -> Tensor:
@@ -443,7 +449,7 @@ def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=N
     dim = _softmax_dim(input, dim, axis, "softmax")
     input = _cast_input(input, dtype)
     _require_float("softmax", input)
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     a = _upcast(input.data)
     if a.ndim == 0:                                     # one element: softmax is 1
         a = a.reshape(1)
@@ -467,7 +473,7 @@ def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dty
     dim = _softmax_dim(input, dim, axis, "log_softmax")
     input = _cast_input(input, dtype)
     _require_float("log_softmax", input)
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     a = _upcast(input.data)
     if a.ndim == 0:
         a = a.reshape(1)
@@ -492,7 +498,7 @@ def _move_axis(x: Tensor, source: int, destination: int) -> Tensor:
     """x with axis `source` moved to `destination` (a differentiable np.moveaxis)."""
     if source % x.ndim == destination % x.ndim:
         return x
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
 
     def _backward(out):
         x._add_grad(xp.moveaxis(out.grad, destination, source))
@@ -549,14 +555,14 @@ def _class_targets(input: Tensor, target, ignore_index: int, fn: str):
     return x, t, valid
 
 
-def _class_weight(weight, num_classes: int, fn: str, xp=np):
-    """Per-class weights as an array on the logits' device (module xp), or None."""
+def _class_weight(weight, num_classes: int, fn: str, logits: Tensor):
+    """Per-class weights as an array on the logits' device, or None."""
     if weight is None:
         return None
     if isinstance(weight, Tensor) and weight.requires_grad:    # silently getting no gradient would mislead
         raise TypeError(f"{fn}: class weights are constants here (PyTorch cannot differentiate them "
                         "either); pass weight.detach()")
-    w = xp.asarray(_array(weight))
+    w = _array(weight, logits)
     if tuple(w.shape) != (num_classes,):
         raise ValueError(f"{fn}: weight must have shape ({num_classes},), one per class, got {tuple(w.shape)}")
     return w
@@ -573,15 +579,15 @@ def nll_loss(input: Tensor, target, weight=None, size_average=None, ignore_index
     _check_reduction(reduction, "nll_loss")
     x, t, valid = _class_targets(input, target, ignore_index, "nll_loss")
     out_shape = tuple(np.shape(target))
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     num_classes = x.shape[-1]
-    w = _class_weight(weight, num_classes, "nll_loss", xp)
+    w = _class_weight(weight, num_classes, "nll_loss", x)
     valid_host = valid
     t, valid = xp.asarray(t), xp.asarray(valid)
     t_safe = xp.where(valid, t, 0)
     w_rows = valid.astype(x.dtype, copy=False) if w is None else xp.where(valid, w[t_safe], 0).astype(x.dtype, copy=False)
     picked = x.reshape(-1, num_classes)[xp.arange(t.size), t_safe]      # input[i, t_i], [N]
-    loss = -(picked * Tensor(w_rows))
+    loss = -(picked * Tensor(w_rows, device=x.device))
     if reduction == "none":
         return loss.reshape(out_shape)
     if reduction == "sum":
@@ -638,9 +644,9 @@ def cross_entropy(input: Tensor, target, weight=None, size_average=None, ignore_
         return _cross_entropy_probs(input, target, weight, reduction, label_smoothing)
     x, t, valid = _class_targets(input, target, ignore_index, "cross_entropy")
     out_shape = tuple(np.shape(t_raw))
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     num_classes = x.shape[-1]
-    w = _class_weight(weight, num_classes, "cross_entropy", xp)
+    w = _class_weight(weight, num_classes, "cross_entropy", x)
     valid_host = valid
     t, valid = xp.asarray(t), xp.asarray(valid)          # onto the logits' device
     a = _upcast(x.data).reshape(-1, num_classes)         # [N, C]
@@ -689,7 +695,7 @@ def cross_entropy(input: Tensor, target, weight=None, size_average=None, ignore_
 
 def _cross_entropy_probs(input, target, weight, reduction, label_smoothing) -> Tensor:
     """Cross-entropy against class probabilities: -sum_c w[c] q[c] log p[c] per row."""
-    target = target if isinstance(target, Tensor) else Tensor(_array(target))
+    target = _tensor_like(target, input)
     if target.shape != input.shape:
         raise TypeError(f"cross_entropy: targets must be integer class indices, or class "
                         f"probabilities of the input's shape {input.shape}; got {target.dtype} "
@@ -698,11 +704,11 @@ def _cross_entropy_probs(input, target, weight, reduction, label_smoothing) -> T
     num_classes = input.shape[class_dim]
     logp = log_softmax(input, dim=class_dim)
     q = target * (1 - label_smoothing) + label_smoothing / num_classes if label_smoothing else target
-    w = _class_weight(weight, num_classes, "cross_entropy")
+    w = _class_weight(weight, num_classes, "cross_entropy", input)
     if w is not None:
         shape = [1] * input.ndim
         shape[class_dim] = num_classes
-        q = q * Tensor(w.reshape(shape))
+        q = q * Tensor(w.reshape(shape), device=input.device)
     loss = -(q * logp).sum(class_dim)
     if reduction == "mean" and input.ndim >= 2:      # PyTorch divides by the number of rows,
         rows = input.size // num_classes if num_classes else 0      # N d1 d2 ..., as the mean of loss
@@ -723,7 +729,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, size_av
     _refuse_legacy("binary_cross_entropy_with_logits", size_average, reduce)
     _require_float("binary_cross_entropy_with_logits", input)
     _check_reduction(reduction, "binary_cross_entropy_with_logits")
-    target = target if isinstance(target, Tensor) else Tensor(_array(target))
+    target = _tensor_like(target, input)
     if target.shape != input.shape:
         raise ValueError(f"binary_cross_entropy_with_logits: target shape {target.shape} must "
                          f"equal the input shape {input.shape}")
@@ -731,16 +737,16 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, size_av
     if pos_weight is None:
         loss = (1 - target) * input + softplus_neg
     else:
-        pw = pos_weight if isinstance(pos_weight, Tensor) else Tensor(_array(pos_weight))
+        pw = _tensor_like(pos_weight, input)
         loss = (1 - target) * input + (1 + (pw - 1) * target) * softplus_neg
     if weight is not None:
-        loss = loss * (weight if isinstance(weight, Tensor) else Tensor(_array(weight)))
+        loss = loss * _tensor_like(weight, input)
     return _reduce(loss, reduction)
 
 
 def _log1p_exp(z: Tensor) -> Tensor:
     """log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""
-    xp = backend.get_array_module(z.data)
+    xp = z.xp
     y = xp.maximum(z.data, 0) + xp.log1p(xp.exp(-xp.abs(z.data)))
 
     def _backward(out):      # d/dz = sigmoid(z), written so exp cannot overflow
@@ -759,7 +765,7 @@ def mse_loss(input: Tensor, target, size_average=None, reduce=None, reduction: s
     _check_reduction(reduction, "mse_loss")
     if weight is not None:
         raise NotImplementedError("mse_loss: weight= is not supported")
-    target = target if isinstance(target, Tensor) else Tensor(_array(target))
+    target = _tensor_like(target, input)
     try:
         np.broadcast_shapes(input.shape, target.shape)
     except ValueError:
@@ -813,7 +819,7 @@ def layer_norm(input: Tensor, normalized_shape=None, weight: Tensor | None = Non
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != norm_shape:
             raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected {norm_shape}")
-    xp = backend.get_array_module(input.data)
+    xp = input.xp
     D = int(np.prod(norm_shape))
     inv_d = 1.0 / D
     x2 = _upcast(input.data).reshape(-1, D)             # [N, D], one row per position
@@ -865,7 +871,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
         raise ValueError(f"dropout: p={p} must be in [0, 1)")
     if not training or p == 0.0:
         return input
-    keep = backend.random_uniform(input.shape) >= p
+    keep = backend.random_uniform(input.shape, input.device) >= p
     return input * (keep.astype(input.dtype, copy=False) / (1.0 - p))
 
 
@@ -910,7 +916,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                          "(as PyTorch); fold the causal mask into attn_mask")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p={dropout_p} must be in [0, 1)")
-    xp = backend.get_array_module(q.data)
+    xp = q.xp
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     in_dtype = q.dtype
@@ -921,7 +927,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if is_causal:
         s += _future_bias(L, S, s.dtype, xp)            # -inf above the diagonal: no peeking ahead
     elif attn_mask is not None:
-        m = xp.asarray(_array(attn_mask))                # onto the scores' device
+        m = _array(attn_mask, q)                         # onto the scores' device
         if m.dtype.kind not in "bf":                     # a 0/1 integer mask would be added, not applied
             raise TypeError(f"scaled_dot_product_attention: attn_mask must be bool (True = attend) "
                             f"or float (added to the scores), got {m.dtype}; for a 0/1 mask use mask == 1")
@@ -938,7 +944,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     denom = (p @ ones_s)[..., None]
     p /= xp.where(denom == 0, 1, denom)                 # P: each row sums to 1 (a masked row: 0)
     if dropout_p > 0.0:
-        keep = (backend.random_uniform(p.shape) >= dropout_p).astype(p.dtype) / (1.0 - dropout_p)
+        keep = (backend.random_uniform(p.shape, q.device) >= dropout_p).astype(p.dtype) / (1.0 - dropout_p)
     else:
         keep = None
     p_used = p if keep is None else p * keep

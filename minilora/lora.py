@@ -215,7 +215,7 @@ class LoraLayer(nn.Module):
         """Overwrite one adapter's A and B (in the order of adapter_weights) with host arrays,
         stored in W0's dtype on W0's device, as PEFT does."""
         for param, array in zip(self.adapter_weights(name).values(), arrays):
-            param.data = _on_device(array, self.base_layer.weight)
+            param.data = self.base_layer.weight.xp.asarray(array, dtype=self.base_layer.weight.dtype)
 
     def delete_adapter(self, name: str) -> None:
         for table in self.adapter_layer_names + self.other_adapter_tables:
@@ -248,9 +248,9 @@ class LoRALinear(LoraLayer):
 
     def update_layer(self, name: str, r: int, scaling: float, dropout: float, init) -> None:
         """Add adapter `name`: A and B with the chosen initialisation."""
-        out_features, in_features = self.base_layer.weight.shape
-        self.lora_A[name] = nn.Linear(in_features, r, bias=False)   # weight (r, in)
-        self.lora_B[name] = nn.Linear(r, out_features, bias=False)  # weight (out, r)
+        (out_features, in_features), device = self.base_layer.weight.shape, self.base_layer.weight.device
+        self.lora_A[name] = nn.Linear(in_features, r, bias=False, device=device)   # weight (r, in)
+        self.lora_B[name] = nn.Linear(r, out_features, bias=False, device=device)  # weight (out, r)
         self.lora_dropout[name] = nn.Dropout(dropout)
         self.scaling[name] = scaling
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
@@ -275,7 +275,7 @@ class LoRALinear(LoraLayer):
         B = U[:, :r] * root[None, :]                                 # (out, r)
         self.set_adapter_weights(name, (A, B))
         weight = self.base_layer.weight
-        weight.data = _on_device(W - scaling * (B @ A), weight)
+        weight.data = weight.xp.asarray(W - scaling * (B @ A), dtype=weight.dtype)
 
     def delta_weight(self, name: str):
         """scaling * B @ A: what merging adds to W0 (an array of W0's shape)."""
@@ -318,8 +318,8 @@ class LoRAEmbedding(LoraLayer):
         A = rng.normal(size=a_shape) if init is False else np.zeros(a_shape)
         B = rng.normal(size=b_shape)
         like = self.base_layer.weight
-        self.lora_embedding_A[name] = nn.Parameter(_on_device(A, like))
-        self.lora_embedding_B[name] = nn.Parameter(_on_device(B, like))
+        self.lora_embedding_A[name] = nn.Parameter(A, dtype=like.dtype, device=like.device)
+        self.lora_embedding_B[name] = nn.Parameter(B, dtype=like.dtype, device=like.device)
         self.scaling[name] = scaling
 
     def delta_weight(self, name: str):
@@ -347,11 +347,6 @@ def lora_class_for(module) -> type | None:
     if isinstance(module, LORA_LAYERS):
         return type(module)
     return next((cls for base, cls in LORA_LAYER_FOR.items() if isinstance(module, base)), None)
-
-
-def _on_device(array, like: Tensor):
-    """A host array as an array of `like`'s dtype on `like`'s device."""
-    return backend.to_device(np.asarray(array, dtype=like.dtype), like.device)
 
 
 def lora_layers(model) -> dict[str, LoraLayer]:
@@ -594,7 +589,7 @@ def merge(model) -> None:
             raise RuntimeError(f"merge: {name}'s weight is tied to another layer ({shared[id(weight)]}); "
                                "merging would change that layer too. Keep this adapter unmerged.")
         merged = weight.data + layer.delta_weight(active).astype(weight.dtype)
-        if not bool(backend.get_array_module(merged).isfinite(merged).all()):
+        if not bool(weight.xp.isfinite(merged).all()):
             bad.append(name)
         plan.append((layer, merged))
     if bad:

@@ -44,8 +44,8 @@ class BottleneckAdapter(nn.Module):
             raise ValueError(f"BottleneckAdapter: bottleneck={bottleneck!r} must be a positive integer")
         self.down = nn.Linear(dim, bottleneck)          # weight (m, C)
         self.up = nn.Linear(bottleneck, dim)            # weight (C, m)
-        self.up.weight.data = backend.xp.zeros_like(self.up.weight.data)
-        self.up.bias.data = backend.xp.zeros_like(self.up.bias.data)
+        self.up.weight.data = self.up.weight.xp.zeros_like(self.up.weight.data)
+        self.up.bias.data = self.up.bias.xp.zeros_like(self.up.bias.data)
 
     def forward(self, h: Tensor) -> Tensor:
         # GPT-2's tanh GELU, as in the model's MLP: [B, T, C] -> [B, T, m] -> [B, T, C]
@@ -117,11 +117,11 @@ class PromptTuning(nn.Module):
         # "sampled vocabulary" initialisation): vectors the model already reads.
         wte = backend.to_numpy(model.transformer.wte.weight.data)
         rows = np.random.default_rng(seed).integers(0, wte.shape[0], size=self.n_virtual)
-        self.prompt = nn.Parameter(backend.to_device(wte[rows].copy(), model.transformer.wte.weight.device))
+        self.prompt = nn.Parameter(wte[rows].copy(), device=model.transformer.wte.weight.device)
 
     def forward(self, idx) -> Tensor:
         gpt = self.base
-        idx = backend.xp.asarray(idx)
+        idx = backend.to_device(idx.data if isinstance(idx, Tensor) else idx, self.prompt.device)
         if idx.ndim != 2 or idx.shape[1] > self.config.block_size:
             raise ValueError(f"PromptTuning: ids must be (B, T) with T <= {self.config.block_size} "
                              f"({self.n_virtual} of the model's {gpt.config.block_size} positions hold the prompt); "
@@ -129,10 +129,10 @@ class PromptTuning(nn.Module):
         B, T = idx.shape
         n, C = self.n_virtual, gpt.config.n_embd
         tokens = gpt.transformer.wte(idx)                                      # [B, T, C]
-        prompt = self.prompt.reshape(1, n, C) + backend.xp.zeros((B, n, C), dtype=tokens.dtype)  # [B, n, C]
+        prompt = self.prompt.reshape(1, n, C).expand(B, n, C)                 # [B, n, C]
         # The tokens keep positions 0..T-1, where the base model learned to read
         # them; the prompt vectors are free parameters, so they need no position.
-        tokens = tokens + gpt.transformer.wpe(backend.xp.arange(T))           # [B, T, C]
+        tokens = tokens + gpt.transformer.wpe(self.prompt.xp.arange(T))       # [B, T, C]
         x = concatenate([prompt, tokens], axis=1)                              # [B, n + T, C]
         x = gpt.transformer.drop(x)
         for block in gpt.transformer.h:

@@ -146,18 +146,24 @@ class GPT(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith("bias"):
-                p.data = backend.xp.zeros_like(p.data)
+                values = np.zeros(p.shape, np.float32)
             elif name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                p.data = backend.xp.ones_like(p.data)
+                values = np.ones(p.shape, np.float32)
             else:
                 std = residual_std if name.endswith(("o_proj.weight", "mlp.proj.weight")) else 0.02
-                p.data = backend.xp.asarray(rng.normal(0.0, std, size=p.shape).astype(np.float32))
+                values = rng.normal(0.0, std, size=p.shape).astype(np.float32)
+            p.data = backend.to_device(values, p.device)      # drawn on the host, kept where p is
+
+    @property
+    def device(self) -> str:
+        """Where the weights are, "cpu" or "cuda" (as Hugging Face's model.device)."""
+        return next(self.parameters()).device
 
     def forward(self, idx) -> Tensor:
         """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
-        idx = _check_ids(idx, self.config)
+        idx = backend.to_device(_check_ids(idx, self.config), self.device)   # ids go to the weights
         B, T = idx.shape
-        positions = backend.xp.arange(T)
+        positions = backend.to_device(np.arange(T), self.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)   # [B, T, C] + [T, C]
         x = self.transformer.drop(x)
         for block in self.transformer.h:
@@ -229,7 +235,7 @@ def _check_ids(idx, config: GPTConfig):
         bad = int(idx.max()) if int(idx.max()) >= config.vocab_size else int(idx.min())
         raise ValueError(f"GPT: token id {bad} is outside the vocabulary of {config.vocab_size} "
                          f"(valid ids are 0..{config.vocab_size - 1}); check the tokenizer.")
-    return backend.xp.asarray(idx) if backend.get_array_module(idx) is np else idx
+    return idx
 
 
 def check_weights(weights: dict, where) -> None:

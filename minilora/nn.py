@@ -27,8 +27,8 @@ class StateDictError(ValueError, RuntimeError):
 class Parameter(Tensor):
     """A Tensor that a Module owns and an optimizer updates (requires_grad=True by default)."""
 
-    def __init__(self, data, requires_grad: bool = True, dtype=None):
-        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+    def __init__(self, data, requires_grad: bool = True, dtype=None, device=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype, device=device)
 
     def __repr__(self) -> str:
         return "Parameter" + super().__repr__()[len("Tensor"):]
@@ -213,7 +213,7 @@ class Module:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad = backend.get_array_module(p.grad).zeros_like(p.grad)
+                p.grad = p.xp.zeros_like(p.grad)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         for p in self.parameters():
@@ -329,14 +329,15 @@ class Linear(Module):
     with a = sqrt(5) simplifies to that bound).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=None,
+                 device=None):
         super().__init__()
         in_features = _positive_int(in_features, "in_features", "Linear")
         out_features = _positive_int(out_features, "out_features", "Linear")
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = Parameter(_uniform(bound, (out_features, in_features)), dtype=dtype)
-        self.bias = Parameter(_uniform(bound, (out_features,)), dtype=dtype) if bias else None
+        self.weight = Parameter(_uniform(bound, (out_features, in_features)), dtype=dtype, device=device)
+        self.bias = Parameter(_uniform(bound, (out_features,)), dtype=dtype, device=device) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -352,7 +353,7 @@ class Embedding(Module):
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
-                 dtype=None):
+                 dtype=None, device=None):
         super().__init__()
         num_embeddings = _positive_int(num_embeddings, "num_embeddings", "Embedding")
         embedding_dim = _positive_int(embedding_dim, "embedding_dim", "Embedding")
@@ -367,17 +368,19 @@ class Embedding(Module):
         weight = backend.rng().standard_normal((num_embeddings, embedding_dim)).astype(np.float32)
         if padding_idx is not None:
             weight[padding_idx] = 0.0
-        self.weight = Parameter(weight, dtype=dtype)
+        self.weight = Parameter(weight, dtype=dtype, device=device)
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None) -> "Embedding":
         """An Embedding holding a copy of `embeddings` (rows, dim), frozen unless freeze=False.
-        As PyTorch, the padding row keeps its values (it only gets no gradient)."""
+        As PyTorch, the padding row keeps its values (it only gets no gradient), and a
+        Tensor's copy stays on its device."""
+        device = embeddings.device if isinstance(embeddings, Tensor) else None
         table = backend.to_numpy(embeddings.data if isinstance(embeddings, Tensor) else np.asarray(embeddings))
         if table.ndim != 2:
             raise ValueError(f"Embedding.from_pretrained: embeddings must be 2-D (rows, dim), got shape {table.shape}")
-        layer = cls(*table.shape, padding_idx=padding_idx, dtype=table.dtype)
-        layer.weight = Parameter(table.copy(), requires_grad=not freeze)
+        layer = cls(*table.shape, padding_idx=padding_idx, dtype=table.dtype, device=device)
+        layer.weight = Parameter(table.copy(), requires_grad=not freeze, device=device)
         return layer
 
     def forward(self, ids) -> Tensor:
@@ -396,7 +399,7 @@ class LayerNorm(Module):
     """
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
-                 bias: bool = True, *, dtype=None):
+                 bias: bool = True, *, dtype=None, device=None):
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
             and not isinstance(normalized_shape, bool) else normalized_shape
@@ -411,8 +414,9 @@ class LayerNorm(Module):
             raise ValueError(f"LayerNorm: eps={eps} must be >= 0")
         self.normalized_shape, self.eps = shape, eps
         self.elementwise_affine = elementwise_affine
-        self.weight = Parameter(np.ones(shape, dtype=np.float32), dtype=dtype) if elementwise_affine else None
-        self.bias = Parameter(np.zeros(shape, dtype=np.float32), dtype=dtype) \
+        self.weight = Parameter(np.ones(shape, dtype=np.float32), dtype=dtype, device=device) \
+            if elementwise_affine else None
+        self.bias = Parameter(np.zeros(shape, dtype=np.float32), dtype=dtype, device=device) \
             if elementwise_affine and bias else None
 
     @property

@@ -150,14 +150,14 @@ class Optimizer:
                     raise ValueError(f"{type(self).__name__}.load_state_dict: {key} has shape "
                                      f"{tuple(value.shape)} {value.dtype}, the parameter "
                                      f"{tuple(p.shape)} {p.data.dtype}")
-                value = backend.get_array_module(p.data).array(value)   # on the parameter's device
+                value = p.xp.array(value)                # a copy, on the parameter's device
             state.setdefault(id(p), {})[name] = value
         for index, p in enumerate(params):
             if id(p) in state:
-                self._check_param_state(index, state[id(p)])
+                self._check_param_state(index, state[id(p)], p)
         self.state = state
 
-    def _check_param_state(self, index: int, entry: dict) -> None:
+    def _check_param_state(self, index: int, entry: dict, p: Tensor) -> None:
         """One parameter's restored state must be complete, with whole counts and finite buffers:
         a missing moment or a step count of "7" would fail, or silently mislead, steps later."""
         owner = f"{type(self).__name__}.load_state_dict"
@@ -170,7 +170,7 @@ class Optimizer:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{owner}: {index}.{name}={count!r} must be a whole number >= 1")
         for name in self.state_arrays:
-            if not bool(backend.get_array_module(entry[name]).isfinite(entry[name]).all()):
+            if not bool(p.xp.isfinite(entry[name]).all()):
                 raise ValueError(f"{owner}: {index}.{name} holds NaN or inf; the saved state is broken")
 
     def step(self) -> None:
@@ -223,7 +223,7 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def _update(self, p, grad, state, group):
-        xp = backend.get_array_module(p.data)
+        xp = p.xp
         if not state:
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
@@ -251,10 +251,10 @@ def clip_grad_norm_(params, max_norm: float) -> float:
                             hint="; e.g. 1.0 (to turn clipping off, do not call it)") \
         if max_norm != math.inf else max_norm
     params = [params] if isinstance(params, Tensor) else list(params)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
         return 0.0
-    xp = backend.get_array_module(grads[0])
+    grads, xp = [p.grad for p in with_grad], with_grad[0].xp
     total = float(xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in grads)))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)

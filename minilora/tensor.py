@@ -141,8 +141,9 @@ class Tensor:
     __array_priority__ = 100  # numpy_array * tensor calls Tensor.__rmul__, not NumPy's
     __hash__ = object.__hash__  # == compares elementwise, so hash by identity (dict keys, sets)
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _as_array(data.data if isinstance(data, Tensor) else data, dtype)
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
+        # device None: where set_device says new tensors go (a GPU array stays on the GPU)
+        self.data = _as_array(data.data if isinstance(data, Tensor) else data, dtype, device)
         self.grad = None
         self._requires_grad = False
         self._parents: tuple[Tensor, ...] = ()
@@ -203,7 +204,13 @@ class Tensor:
 
     @property
     def device(self) -> str:
-        return "cpu" if backend.get_array_module(self.data) is np else "cuda"
+        return backend.device_of(self.data)
+
+    @property
+    def xp(self):
+        """The array library holding this tensor's data: numpy, or cupy on a GPU. Ops compute
+        with it, so their results stay on their inputs' device (see backend.py)."""
+        return backend.array_namespace(self.data)
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -248,9 +255,9 @@ class Tensor:
                     "only a scalar has an implicit gradient of 1. Reduce it first "
                     "(loss = out.sum() or out.mean()), or pass grad= an array of the same shape."
                 )
-            grad = backend.get_array_module(self.data).ones_like(self.data)
+            grad = self.xp.ones_like(self.data)
         else:
-            grad = _as_array(grad.data if isinstance(grad, Tensor) else grad, self.dtype)
+            grad = _as_array(grad.data if isinstance(grad, Tensor) else grad, self.dtype, self.device)
             if grad.shape != self.data.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)}, "
                                  f"but the tensor has shape {self.shape}; they must match.")
@@ -380,10 +387,9 @@ class Tensor:
 
         def _backward(out):
             if exponent == 0:    # x^0 = 1 is constant: zero gradient, even at x = 0 or NaN
-                self._add_grad(backend.get_array_module(x).zeros_like(x))
+                self._add_grad(self.xp.zeros_like(x))
             else:                # d(x^n)/dx = n x^(n-1); x^-0.5 as 1/sqrt(x), as PyTorch computes it
-                xp = backend.get_array_module(x)
-                power = 1 / xp.sqrt(x) if exponent == 0.5 else x ** (exponent - 1)
+                power = 1 / self.xp.sqrt(x) if exponent == 0.5 else x ** (exponent - 1)
                 self._add_grad(out.grad * exponent * power)
 
         return op_result(out_data, (self,), _backward, "pow")
@@ -464,12 +470,11 @@ class Tensor:
                 g = g.reshape(g.shape[:-1] + (1, g.shape[-1])) if b.ndim > 1 else g.reshape(1)
             if b.ndim == 1:
                 g = g[..., None]
-            xp = backend.get_array_module(g)
             if self.requires_grad:   # dL/dA = dL/dC @ B^T
-                ga = _unbroadcast(g @ xp.swapaxes(b2, -1, -2), a2.shape)
+                ga = _unbroadcast(g @ b2.swapaxes(-1, -2), a2.shape)
                 self._add_grad(ga.reshape(a.shape))
             if other.requires_grad:  # dL/dB = A^T @ dL/dC
-                gb = _unbroadcast(xp.swapaxes(a2, -1, -2) @ g, b2.shape)
+                gb = _unbroadcast(a2.swapaxes(-1, -2) @ g, b2.shape)
                 other._add_grad(gb.reshape(b.shape))
 
         return op_result(out_data, (self, other), _backward, "matmul")
@@ -479,7 +484,7 @@ class Tensor:
 
     # ------------------------------------------------------ elementwise maths
     def exp(self):
-        out_data = backend.get_array_module(self.data).exp(_floating(self.data))
+        out_data = self.xp.exp(_floating(self.data))
 
         def _backward(out):      # d(e^x)/dx = e^x
             self._add_grad(out.grad * out_data)
@@ -489,7 +494,7 @@ class Tensor:
     def log(self):
         x = _floating(self.data)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out_data = backend.get_array_module(x).log(x)
+            out_data = self.xp.log(x)
 
         def _backward(out):      # d(log x)/dx = 1/x
             with np.errstate(divide="ignore"):
@@ -498,7 +503,7 @@ class Tensor:
         return op_result(out_data, (self,), _backward, "log")
 
     def tanh(self):
-        out_data = backend.get_array_module(self.data).tanh(_floating(self.data))
+        out_data = self.xp.tanh(_floating(self.data))
 
         def _backward(out):      # d(tanh x)/dx = 1 - tanh^2 x
             self._add_grad(out.grad * (1 - out_data * out_data))
@@ -507,10 +512,10 @@ class Tensor:
 
     def relu(self):
         _refuse_bool(self, "relu")
-        out_data = backend.get_array_module(self.data).maximum(self.data, 0)
+        xp = self.xp
+        out_data = xp.maximum(self.data, 0)
 
         def _backward(out):      # passes the gradient where x > 0 (0 at x = 0; NaN passes, as PyTorch)
-            xp = backend.get_array_module(out.grad)
             self._add_grad(xp.where(out_data <= 0, xp.zeros((), dtype=out.grad.dtype), out.grad))
 
         return op_result(out_data, (self,), _backward, "relu")
@@ -518,7 +523,7 @@ class Tensor:
     def sqrt(self):
         x = _floating(self.data)
         with np.errstate(invalid="ignore"):
-            out_data = backend.get_array_module(x).sqrt(x)
+            out_data = self.xp.sqrt(x)
 
         def _backward(out):      # d(sqrt x)/dx = 1 / (2 sqrt x)
             with np.errstate(divide="ignore"):
@@ -528,7 +533,7 @@ class Tensor:
 
     def sigmoid(self):
         x = _floating(self.data)
-        xp = backend.get_array_module(x)
+        xp = self.xp
         e = xp.exp(-xp.abs(x))               # never overflows: e in (0, 1]
         out_data = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
@@ -539,7 +544,7 @@ class Tensor:
 
     def abs(self):
         _refuse_bool(self, "abs")
-        xp = backend.get_array_module(self.data)
+        xp = self.xp
 
         def _backward(out):      # d|x|/dx = sign(x): 0 at x = 0, and 0 at NaN as PyTorch's sgn
             sign = (self.data > 0).astype(out.grad.dtype) - (self.data < 0)
@@ -573,7 +578,7 @@ def _scalar_or_tensor(value, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         return value
     if type(value) is float and like.data.dtype.kind == "f":     # the common case: x * 0.5
-        return _leaf(backend.get_array_module(like.data).asarray(value, dtype=like.dtype), False)
+        return op_result(like.xp.asarray(value, dtype=like.dtype), (), None, "scalar")
     if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
         kind = "b" if isinstance(value, (bool, np.bool_)) else (
             "i" if isinstance(value, (int, np.integer)) else "f")
@@ -581,8 +586,8 @@ def _scalar_or_tensor(value, like: Tensor) -> Tensor:
             dtype = like.dtype
         else:
             dtype = {"i": np.int64, "f": np.float32}[kind]
-        return _leaf(backend.get_array_module(like.data).asarray(value, dtype=dtype), False)
-    return Tensor(value)
+        return op_result(like.xp.asarray(value, dtype=dtype), (), None, "scalar")
+    return Tensor(value, device=like.device)      # an array or list meets `like` on its device
 
 
 def _operands(x: Tensor, other):
@@ -596,19 +601,12 @@ def _operands(x: Tensor, other):
     return other, _cast(a, dtype), _cast(b, dtype)
 
 
-def _leaf(array, requires_grad: bool) -> Tensor:
-    """A leaf around `array` exactly as it is. Not Tensor(array): the constructor sends
-    host arrays to the *active* device, so t.to("cpu") on a GPU run would land back
-    on the GPU, and detach() of a CPU tensor would copy it there."""
-    out = Tensor.__new__(Tensor)
-    out.data, out.grad, out._requires_grad = array, None, requires_grad
-    out._parents, out._backward, out._op, out._saves = (), None, "", False
-    return out
-
-
 def op_result(data, parents, backward, op: str, saves: bool = True) -> Tensor:
-    """Wrap an op's output; record how to differentiate it only if anyone needs that.
+    """Wrap an op's output, on the device it was computed on; record how to
+    differentiate it only if anyone needs that.
 
+    An op no gradient flows through (a comparison, argmax, detach) passes no
+    parents and no backward rule: `op_result(a == b, (), None, "eq")`.
     `saves`: whether the backward rule reads arrays kept from the forward pass.
     Those are freed by backward() (unless retain_graph=True), as PyTorch frees
     saved tensors; an op that keeps none (add, sum, reshape) stays usable.
@@ -633,7 +631,7 @@ def _power(base, exponent) -> Tensor:
     else:
         base_t, b, a = _operands(exponent, base)
         exp_t = exponent
-    xp = backend.get_array_module(a)
+    xp = base_t.xp
     with np.errstate(divide="ignore", invalid="ignore"):
         out_data = xp.power(a, b)
 

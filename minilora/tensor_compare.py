@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minilora import backend
-from minilora.tensor import Tensor, _leaf, _operands, _scalar_or_tensor, _unbroadcast, add_methods, op_result
+from minilora.tensor import Tensor, _operands, _scalar_or_tensor, _unbroadcast, add_methods, op_result
 from minilora.tensor_rules import _as_array, _broadcast_error, _cast, _common_dtype
 
 
@@ -32,7 +31,7 @@ class ComparisonMethods:
             return NotImplemented       # x == None is False, as in Python
         other, a, b = _operands(self, other)
         try:
-            return _leaf(op(a, b), requires_grad=False)
+            return op_result(op(a, b), (), None, "compare")
         except ValueError:
             raise _broadcast_error("comparison", self, other) from None
 
@@ -63,34 +62,34 @@ class ComparisonMethods:
     def __invert__(self):
         if self.dtype.kind != "b":
             raise TypeError(f"~ is logical not for bool tensors; this one is {self.dtype}")
-        return _leaf(~self.data, requires_grad=False)
+        return op_result(~self.data, (), None, "not")
 
     def __and__(self, other):
-        return _leaf(self.data & _operands(self, other)[2], requires_grad=False)
+        return op_result(self.data & _operands(self, other)[2], (), None, "and")
 
     def __or__(self, other):
-        return _leaf(self.data | _operands(self, other)[2], requires_grad=False)
+        return op_result(self.data | _operands(self, other)[2], (), None, "or")
 
     def any(self, dim=None, keepdim: bool = False):
         axis = self._dims(dim, None)
-        return _leaf(self.data.astype(bool).any(axis=axis, keepdims=keepdim), requires_grad=False)
+        return op_result(self.data.astype(bool).any(axis=axis, keepdims=keepdim), (), None, "any")
 
     def all(self, dim=None, keepdim: bool = False):
         axis = self._dims(dim, None)
-        return _leaf(self.data.astype(bool).all(axis=axis, keepdims=keepdim), requires_grad=False)
+        return op_result(self.data.astype(bool).all(axis=axis, keepdims=keepdim), (), None, "all")
 
     def isnan(self):
-        return _leaf(backend.get_array_module(self.data).isnan(self.data), requires_grad=False)
+        return op_result(self.xp.isnan(self.data), (), None, "isnan")
 
     def isfinite(self):
-        return _leaf(backend.get_array_module(self.data).isfinite(self.data), requires_grad=False)
+        return op_result(self.xp.isfinite(self.data), (), None, "isfinite")
 
     # ------------------------------------------------------ choosing between values
     def clamp(self, min=None, max=None):
         """Limit values to [min, max]; either bound may be a number or a tensor (broadcast)."""
         if min is None and max is None:
             raise RuntimeError("clamp: at least one of min and max must not be None")
-        xp = backend.get_array_module(self.data)
+        xp = self.xp
         parts = [self] + [b if isinstance(b, Tensor) else _scalar_or_tensor(b, self)
                           for b in (min, max) if b is not None]
         dtype = _common_dtype(parts)
@@ -141,7 +140,7 @@ class ComparisonMethods:
 
     def masked_fill(self, mask, value):
         """A copy with `value` wherever the bool `mask` is True (mask broadcasts to self)."""
-        mask = mask.data if isinstance(mask, Tensor) else _as_array(mask)
+        mask = mask.data if isinstance(mask, Tensor) else _as_array(mask, device=self.device)
         if mask.dtype.kind != "b":
             raise RuntimeError(f"masked_fill only supports boolean masks, but got a mask of dtype "
                                f"{mask.dtype}; use mask.bool() or (mask != 0).")
@@ -149,10 +148,10 @@ class ComparisonMethods:
             if value.ndim != 0:
                 raise RuntimeError(f"masked_fill only supports a 0-d tensor value, got shape {value.shape}")
             if value.requires_grad:      # the value is differentiable too: it is where() then
-                out = where(_leaf(mask, False), value, self)
+                out = where(op_result(mask, (), None, "mask"), value, self)
                 return out if out.dtype == self.dtype else out.astype(self.dtype)
             value = value.item()
-        xp = backend.get_array_module(self.data)
+        xp = self.xp
         out_data = xp.where(mask, xp.asarray(value, dtype=self.dtype), self.data)
 
         def _backward(out):      # filled positions did not depend on self
@@ -175,7 +174,7 @@ def minimum(a, b) -> Tensor:
 def _pairwise_extreme(a, b, name):
     a = a if isinstance(a, Tensor) else _scalar_or_tensor(a, b)
     b, x, y = _operands(a, b)
-    xp = backend.get_array_module(x)
+    xp = a.xp
     try:
         out_data = (xp.maximum if name == "maximum" else xp.minimum)(x, y)
     except ValueError:
@@ -203,7 +202,7 @@ clip = clamp
 def _triangle(x: Tensor, diagonal: int, name: str) -> Tensor:
     if x.ndim < 2:
         raise RuntimeError(f"{name}: input tensor must have at least 2 dimensions, got shape {x.shape}")
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     keep = xp.tril if name == "tril" else xp.triu
 
     def _backward(out):      # the kept triangle passes its gradient, the rest was zeroed
@@ -222,14 +221,14 @@ def triu(x: Tensor, diagonal: int = 0) -> Tensor:
 
 def where(condition, input, other) -> Tensor:
     """Elementwise choice: input where condition is True, else other (all broadcast together)."""
-    condition = condition.data if isinstance(condition, Tensor) else _as_array(condition)
+    a = input if isinstance(input, Tensor) else (
+        _scalar_or_tensor(input, other) if isinstance(other, Tensor) else Tensor(input))
+    condition = condition.data if isinstance(condition, Tensor) else _as_array(condition, device=a.device)
     if condition.dtype.kind != "b":
         raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor "
                            f"with dtype {condition.dtype}; use (c != 0) or c.bool()")
-    a = input if isinstance(input, Tensor) else (
-        _scalar_or_tensor(input, other) if isinstance(other, Tensor) else Tensor(input))
     b, x, y = _operands(a, other)
-    xp = backend.get_array_module(x)
+    xp = a.xp
     try:
         out_data = xp.where(condition, x, y)
     except ValueError:

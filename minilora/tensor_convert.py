@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from minilora import backend
-from minilora.tensor import Tensor, _leaf, add_methods, op_result  # noqa: F401 (Tensor: annotations)
+from minilora.tensor import Tensor, add_methods, op_result  # noqa: F401 (Tensor: annotations)
 from minilora.tensor_rules import _check_numeric
 
 
@@ -68,7 +68,7 @@ class ConversionMethods:
 
     def detach(self) -> "Tensor":
         """The same values, cut from the graph (shares memory, needs no gradient)."""
-        return _leaf(self.data, requires_grad=False)
+        return op_result(self.data, (), None, "detach")
 
     def to(self, target) -> "Tensor":
         """The values on a device ("cpu", "cuda") or in a dtype; differentiable, as in PyTorch.
@@ -93,7 +93,7 @@ class ConversionMethods:
         _check_numeric(np.empty(0, dtype), dtype)
         out_data = self.data.astype(dtype)
         if dtype.kind != "f":    # rounding to integers is not differentiable (PyTorch: no grad)
-            return _leaf(out_data, requires_grad=False)
+            return op_result(out_data, (), None, "astype")
 
         def _backward(out):
             self._add_grad(out.grad.astype(self.dtype))

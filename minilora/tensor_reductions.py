@@ -25,8 +25,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from minilora import backend
-from minilora.tensor import Tensor, _leaf, _refuse_bool, _unbroadcast, add_methods, op_result
+from minilora.tensor import Tensor, _refuse_bool, _unbroadcast, add_methods, op_result
 from minilora.tensor_compare import maximum, minimum
 from minilora.tensor_rules import _cast, _common_dtype, _floating, _normalize_dim, _pick
 
@@ -68,7 +67,7 @@ class ReductionMethods:
 
         def _backward(out):      # every input element contributed once
             g = out.grad if keep else _restore_axes(out.grad, axes, self.ndim)
-            self._add_grad(backend.get_array_module(g).broadcast_to(g, self.shape).copy())
+            self._add_grad(self.xp.broadcast_to(g, self.shape).copy())
 
         return op_result(out_data, (self,), _backward, "sum", saves=False)
 
@@ -84,8 +83,7 @@ class ReductionMethods:
 
         def _backward(out):      # every input element contributed 1/count
             g = out.grad if keep else _restore_axes(out.grad, axes, self.ndim)
-            xp = backend.get_array_module(g)
-            self._add_grad(xp.broadcast_to(g * scale, self.shape).copy())
+            self._add_grad(self.xp.broadcast_to(g * scale, self.shape).copy())
 
         return op_result(out_data, (self,), _backward, "mean", saves=False)
 
@@ -159,7 +157,7 @@ def _extreme(x: Tensor, dim, axis, keep, name, nan_wins: bool = False) -> Tensor
     if count == 0:
         raise IndexError(f"{name}(): cannot reduce over a dimension of size 0 (the tensor has "
                          f"shape {x.shape}): an empty set has no {name[1:]}imum")
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     out_data = (x.data.max if name == "amax" else x.data.min)(axis=axes, keepdims=keep)
 
     def _backward(out):
@@ -188,10 +186,10 @@ def _max_or_min(x: Tensor, dim, keepdim, axis, keepdims, name):
         raise TypeError(f"{name}(dim) takes one dim, got {dim!r}; for several use a{name}(dim=...)")
     d = _normalize_dim(dim, x.ndim)
     if x.ndim == 0:
-        return values_indices(x.reshape(()), _leaf(backend.xp.zeros((), np.int64), False))
+        return values_indices(x.reshape(()), op_result(x.xp.zeros((), np.int64), (), None, "indices"))
     if x.shape[d] == 0:
         raise IndexError(f"{name}(): expected reduction dim {d} to have non-zero size")
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     idx = (xp.argmax if name == "max" else xp.argmin)(x.data, axis=d, keepdims=True)
     out_data = xp.take_along_axis(x.data, idx, axis=d)
     if not keep:
@@ -204,26 +202,27 @@ def _max_or_min(x: Tensor, dim, keepdim, axis, keepdims, name):
 
     values = op_result(out_data, (x,), _backward, name)
     indices = idx.astype(np.int64) if keep else idx.squeeze(d).astype(np.int64)
-    return values_indices(values, _leaf(indices, False))
+    return values_indices(values, op_result(indices, (), None, "indices"))
 
 
 def _arg_extreme(x: Tensor, dim, keepdim, axis, keepdims, name):
     dim = _pick(name, "dim", dim, axis)
     keep = bool(_pick(name, "keepdim", keepdim, keepdims, False))
     _refuse_bool(x, name)
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     pick = xp.argmax if name == "argmax" else xp.argmin
     if dim is None:
         if x.numel() == 0:
             raise RuntimeError(f"{name}(): the tensor is empty; there is no index to return")
         out = pick(x.data.reshape(-1))
-        return _leaf(xp.asarray(out, dtype=np.int64).reshape((1,) * x.ndim if keep else ()), False)
+        out = xp.asarray(out, dtype=np.int64).reshape((1,) * x.ndim if keep else ())
+        return op_result(out, (), None, name)
     d = _normalize_dim(dim, x.ndim)
     if x.ndim == 0:
-        return _leaf(xp.zeros((), np.int64), False)
+        return op_result(xp.zeros((), np.int64), (), None, name)
     if x.shape[d] == 0:
         raise IndexError(f"{name}(): expected reduction dim {d} to have non-zero size")
-    return _leaf(pick(x.data, axis=d, keepdims=keep).astype(np.int64), False)
+    return op_result(pick(x.data, axis=d, keepdims=keep).astype(np.int64), (), None, name)
 
 
 def _variance(x, dim, unbiased, keepdim, correction, axis, keepdims, name):
@@ -236,7 +235,7 @@ def _variance(x, dim, unbiased, keepdim, correction, axis, keepdims, name):
         raise RuntimeError(f"{name}(): needs a floating point tensor, got {x.dtype}")
     axes = x._dims(dim, axis, name)
     keep = bool(_pick(name, "keepdim", keepdim, keepdims, False))
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     n = x._count(axes)
     denom = max(n - correction, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -262,7 +261,7 @@ def _variance(x, dim, unbiased, keepdim, correction, axis, keepdims, name):
 def logsumexp(x: Tensor, dim, keepdim: bool = False) -> Tensor:
     """log(sum(exp(x))) over dim: the max is taken out first so exp cannot overflow."""
     axes = x._dims(dim, None, "logsumexp")
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     data = _floating(x.data)
     if x._count(axes) == 0 or data.size == 0:
         m = xp.zeros(data.sum(axis=axes, keepdims=True).shape, dtype=data.dtype)
@@ -284,7 +283,7 @@ def logsumexp(x: Tensor, dim, keepdim: bool = False) -> Tensor:
 def cumsum(x: Tensor, dim: int) -> Tensor:
     """Running sums along dim: out[i] = x[0] + ... + x[i]."""
     d = _normalize_dim(dim, x.ndim)
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     dtype = np.int64 if x.dtype.kind in "biu" else x.dtype
     if x.ndim == 0:
         out_data = x.data.astype(dtype)
@@ -301,7 +300,7 @@ def cumsum(x: Tensor, dim: int) -> Tensor:
 
 
 def _prod(x: Tensor, dim, keepdim: bool, whole: bool = False) -> Tensor:
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     if dim is None:
         flat = x.reshape(-1)
         out = _prod(flat, 0, False, whole=True)
@@ -370,7 +369,7 @@ def einsum(equation: str, *operands) -> Tensor:
                                       "is not supported by minilora; give each index once per operand")
     if len(set(rhs)) != len(rhs) or any(c not in letters for c in rhs):
         raise ValueError(f"einsum: output subscripts {rhs!r} must be distinct input indices")
-    xp = backend.get_array_module(tensors[0].data)
+    xp = tensors[0].xp
     dtype = _common_dtype(tensors)
     arrays = [_cast(t.data, dtype) for t in tensors]
     out_data = xp.einsum(f"{lhs}->{rhs}", *arrays)

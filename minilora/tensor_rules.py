@@ -33,17 +33,20 @@ def _check_numeric(array, data) -> None:
         )
 
 
-def _as_array(data, dtype=None):
-    """Turn data into an array on the active device; Python floats become float32.
+def _as_array(data, dtype=None, device=None):
+    """Turn data into an array on `device`; Python floats become float32.
 
-    Host data (lists, numbers, NumPy arrays) goes to the active device; a CuPy
-    array stays on the GPU. NumPy arrays keep their dtype, so float64 stays float64.
+    Without a device, a GPU array stays on the GPU and host data (lists, numbers,
+    NumPy arrays) goes where new tensors are created (see backend.set_device).
+    NumPy arrays keep their dtype, so float64 stays float64, and their memory
+    when nothing has to change.
     """
     if dtype is not None:
         dtype = np.dtype(dtype)
         _check_numeric(np.empty(0, dtype), dtype)
-    if backend.get_array_module(data) is not np:     # already a GPU array
-        return data if dtype is None else data.astype(dtype)
+    if backend.device_of(data) == "cuda":            # already a GPU array
+        data = data if dtype is None else data.astype(dtype)
+        return data if device in (None, "cuda") else backend.to_device(data, device)
     if not hasattr(data, "dtype"):
         array = np.asarray(data)
         _check_numeric(array, data)
@@ -52,7 +55,9 @@ def _as_array(data, dtype=None):
         data = array
     else:
         _check_numeric(data, data)
-    return backend.xp.asarray(data, dtype=dtype)
+    array = np.asarray(data, dtype=dtype)
+    device = backend.default_device() if device is None else device
+    return array if device == "cpu" else backend.to_device(array, device)
 
 
 _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}

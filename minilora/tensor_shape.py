@@ -92,7 +92,7 @@ class ShapeMethods:
                                    f"({have}) at non-singleton dimension {i}. Target sizes: "
                                    f"{list(sizes)}. Tensor sizes: {list(self.shape)}")
             target.append(n)
-        out_data = backend.get_array_module(self.data).broadcast_to(self.data, tuple(target))
+        out_data = self.xp.broadcast_to(self.data, tuple(target))
 
         def _backward(out):      # every copy's gradient is summed back
             self._add_grad(_unbroadcast(out.grad, self.shape))
@@ -138,7 +138,7 @@ class ShapeMethods:
         d0, d1 = (_normalize_dim(d, self.ndim) for d in dims)
         if self.ndim == 0:
             return self.reshape(())
-        xp = backend.get_array_module(self.data)
+        xp = self.xp
 
         def _backward(out):      # swapping back undoes it
             self._add_grad(xp.swapaxes(out.grad, d0, d1))
@@ -180,8 +180,7 @@ class ShapeMethods:
         fancy = _has_array_index(index)
 
         def _backward(out):
-            xp = backend.get_array_module(out.grad)
-            g = xp.zeros_like(self.data)
+            g = self.xp.zeros_like(self.data)
             if fancy:            # an index may repeat: add every occurrence
                 backend.scatter_add(g, index, out.grad)
             else:                # slices and ints pick each element at most once
@@ -223,7 +222,7 @@ def concatenate(tensors, dim=None, *, axis=None) -> Tensor:
     if first.ndim == 0:
         raise RuntimeError("cat: zero-dimensional tensors cannot be concatenated; use stack")
     d = _normalize_dim(dim, first.ndim)
-    xp = backend.get_array_module(first.data)
+    xp = first.xp
     dtype = _common_dtype(tensors)
     try:
         out_data = xp.concatenate([_cast(t.data, dtype) for t in tensors], axis=d)
@@ -231,7 +230,7 @@ def concatenate(tensors, dim=None, *, axis=None) -> Tensor:
         shapes = [t.shape for t in tensors]
         raise ValueError(f"cat along dim {dim}: shapes {shapes} must agree on every "
                          "other dim") from None
-    bounds = np.cumsum([t.shape[d] for t in tensors])[:-1]
+    bounds = np.cumsum([t.shape[d] for t in tensors])[:-1].tolist()   # split points, host ints
 
     def _backward(out):
         for t, g in zip(tensors, xp.split(out.grad, bounds, axis=d)):
@@ -300,7 +299,7 @@ def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple:
 
 def gather(x: Tensor, dim: int, index) -> Tensor:
     """out[i][j] = x[index[i][j]][j] for dim 0 (and likewise for any dim), as torch.gather."""
-    idx = index.data if isinstance(index, Tensor) else _as_array(index)
+    idx = index.data if isinstance(index, Tensor) else _as_array(index, device=x.device)
     d = _normalize_dim(dim, x.ndim)
     if idx.dtype.kind not in "iu":
         raise RuntimeError(f"gather(): expected an integer index, got dtype {idx.dtype}")
@@ -316,7 +315,7 @@ def gather(x: Tensor, dim: int, index) -> Tensor:
         bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
         raise RuntimeError(f"gather(): index {bad} is out of bounds for dimension {d} with size "
                            f"{x.shape[d] if x.ndim else 1}")
-    xp = backend.get_array_module(x.data)
+    xp = x.xp
     if x.ndim == 0:
         return x.clone()
     grids = [xp.arange(n).reshape([n if k == j else 1 for k in range(x.ndim)])

@@ -36,7 +36,7 @@ def device_guard():
     """Restore the active device after a test that switches it."""
     from minilora import backend
 
-    saved = backend.device
+    saved = backend.default_device()
     yield
     backend.set_device(saved)
 
@@ -44,4 +44,4 @@ def device_guard():
 def pytest_report_header(config):
     from minilora import backend
 
-    return f"minilora device: {backend.device} (set MINILORA_DEVICE=cuda to run on a GPU)"
+    return f"minilora device: {backend.default_device()} (set MINILORA_DEVICE=cuda to run on a GPU)"

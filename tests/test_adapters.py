@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import minilora as ml
-from minilora import backend, files
+from minilora import files
 from minilora.adapters import adapter_size_bytes
 from minilora.lora import lora_layers
 
@@ -43,7 +43,7 @@ def randomize(model, adapter: str = "default", seed: int = 1) -> None:
     rng = np.random.default_rng(seed)
     for name, p in model.named_parameters():
         if "lora_" in name and adapter in name.split("."):
-            p.data = backend.xp.asarray(rng.normal(0.0, 0.3, p.shape).astype(p.dtype))
+            p.data = p.xp.asarray(rng.normal(0.0, 0.3, p.shape).astype(p.dtype))
 
 
 def adapted(targets=("q_proj", "v_proj"), r: int = 4, seed: int = 1, **kw) -> ml.GPT:

@@ -46,7 +46,7 @@ def test_pretrain_is_reproducible_from_a_seed(tmp_path):
     b = pretrained.pretrain(tmp_path / "b", steps=15, seed=3, progress=False)
     c = pretrained.pretrain(tmp_path / "c", steps=15, seed=4, progress=False)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    if ml.backend.device == "cpu":
+    if ml.backend.default_device() == "cpu":
         assert all(np.array_equal(sa[k], sb[k]) for k in sa)      # bit for bit
     else:
         # CuPy's scatter-add (embedding gradients) uses atomic adds, whose order, and so
@@ -146,7 +146,7 @@ def test_an_interrupted_demo_keeps_the_previous_outputs_and_resumes_bit_for_bit(
     assert not (out / "INCOMPLETE.txt").exists() and not (out / "resume").exists()
     for f in (f"full_{whole['tasks'][0]}/model.safetensors", f"adapter_{whole['tasks'][0]}/adapter_model.safetensors",
               f"adapter_{whole['tasks'][1]}/adapter_model.safetensors"):
-        if ml.backend.device == "cpu":
+        if ml.backend.default_device() == "cpu":
             assert (out / f).read_bytes() == (straight / f).read_bytes(), f
     assert resumed["accuracy_after_swap"] == whole["accuracy_after_swap"]
 
@@ -177,7 +177,7 @@ def test_an_interrupted_pretrain_resumes_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained.TaskBatches, "__call__", real)
     resumed = pretrained.pretrain(tmp_path / "cut", steps=8, seed=2, progress=False, resume=True)
     assert not (tmp_path / "cut.partial").exists()
-    if ml.backend.device == "cpu":
+    if ml.backend.default_device() == "cpu":
         a, b = whole.state_dict(), resumed.state_dict()
         assert all(np.array_equal(a[k], b[k]) for k in a)
 

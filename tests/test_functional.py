@@ -259,7 +259,7 @@ def test_layer_norm_output_has_zero_mean_and_unit_variance():
 def _mask(shape, p, seed):
     """The keep-mask dropout draws after manual_seed(seed)."""
     ml.manual_seed(seed)
-    return backend.to_numpy(backend.random_uniform(shape)) >= p
+    return backend.to_numpy(backend.random_uniform(shape, ml.default_device())) >= p
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

@@ -56,7 +56,7 @@ def randomize(model, adapter: str = "default", std: float = 0.3, seed: int = 1) 
     rng = np.random.default_rng(seed)
     for name, p in model.named_parameters():
         if is_lora_name(name) and adapter in name.split("."):
-            p.data = backend.xp.asarray(rng.normal(0.0, std, p.shape).astype(p.dtype))
+            p.data = backend.to_device(rng.normal(0.0, std, p.shape).astype(p.dtype), p.device)
 
 
 def snapshot(model) -> dict[str, np.ndarray]:
@@ -169,7 +169,7 @@ def test_merge_of_a_diverged_adapter_raises_and_changes_nothing(bad):
     B = last.lora_B["default"].weight
     data = B.numpy().copy()
     data[0, 0] = bad
-    B.data = backend.xp.asarray(data)
+    B.data = backend.to_device(data, B.device)
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"NaN or Inf") as err:
         ml.merge(model)

@@ -35,7 +35,7 @@ def perturb(model: GPT, scale=0.3, seed=1) -> GPT:
     weight is a special value that could hide a mistake, and logits are O(1)."""
     rng = np.random.default_rng(seed)
     for p in model.parameters():
-        p.data = p.data + backend.xp.asarray(rng.normal(0, scale, p.shape).astype(p.dtype))
+        p.data = p.data + p.xp.asarray(rng.normal(0, scale, p.shape).astype(p.dtype))
     return model
 
 
@@ -223,7 +223,7 @@ def test_fused_causal_attention_equals_its_composition(shape, dropout_p):
     if dropout_p:
         ml.manual_seed(7)                                 # the same mask the fused op drew
         B, H, T, _ = shape
-        keep = ml.Tensor((backend.random_uniform((B, H, T, T)) >= dropout_p).astype(np.float64)
+        keep = ml.Tensor((backend.random_uniform((B, H, T, T), ml.default_device()) >= dropout_p).astype(np.float64)
                          / (1 - dropout_p))
     composed, composed_grads = run(lambda q, k, v: attention_composed(q, k, v, keep))
     assert fused.dtype == np.float64

@@ -18,7 +18,7 @@ def _param(array, requires_grad=True):
 
 
 def _set_grad(p, g):
-    p.grad = backend.xp.asarray(np.asarray(g, dtype=p.dtype))
+    p.grad = p.xp.asarray(np.asarray(g, dtype=p.dtype))
 
 
 def test_sgd_plain_and_with_momentum_by_hand():
@@ -100,7 +100,7 @@ def test_sgd_momentum_state_bytes_and_frozen_parameters():
     p, frozen = _param(np.ones(5, dtype=np.float32)), _param(np.ones(3, dtype=np.float32), False)
     opt = optim.SGD([p, frozen], lr=0.1, momentum=0.9)
     _set_grad(p, np.ones(5))
-    frozen.grad = backend.xp.ones(3, dtype=np.float32)    # even a stray gradient is not applied
+    frozen.grad = frozen.xp.ones(3, dtype=np.float32)    # even a stray gradient is not applied
     opt.step()
     assert opt.state_bytes() == 4 * 5 and set(opt.state) == {id(p)}
     assert np.array_equal(frozen.numpy(), np.ones(3))

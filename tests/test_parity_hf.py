@@ -24,7 +24,6 @@ import pytest
 from helpers import PARITY_RTOL, rel_err, requires_torch, to_np
 
 import minilora as ml
-from minilora import backend
 from minilora import functional as F
 from minilora.train import TrainConfig, learning_rate, train
 
@@ -198,7 +197,7 @@ def small_gpt(bias=True, seed=0) -> ml.GPT:
                                 bias=bias))
     rng = np.random.default_rng(seed + 1)
     for p in model.parameters():
-        p.data = backend.xp.asarray(to_np(p.data) + rng.normal(0, 0.2, p.shape).astype(np.float32))
+        p.data = p.xp.asarray(to_np(p.data) + rng.normal(0, 0.2, p.shape).astype(np.float32))
     return model.to(np.float64)
 
 

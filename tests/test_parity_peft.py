@@ -40,9 +40,9 @@ def t2n(t) -> np.ndarray:
 
 
 def dev(array: np.ndarray):
-    """A copy of a host array on minilora's active device (CuPy when the suite runs on a GPU).
-    Always a copy: t2n() shares torch's memory, and PEFT's merge writes into it in place."""
-    return backend.xp.array(array, copy=True)
+    """A copy of a host array where minilora creates new tensors (CuPy when the suite runs on a
+    GPU). Always a copy: t2n() shares torch's memory, and PEFT's merge writes into it in place."""
+    return backend.to_device(np.array(array, copy=True), backend.default_device())
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,6 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 import minilora as ml  # noqa: E402
-from minilora import backend  # noqa: E402
 from minilora.lora import lora_layers  # noqa: E402
 
 torch.set_num_threads(1)
@@ -115,7 +114,7 @@ def randomize_ml(model, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for name, p in model.named_parameters():
         if "lora_" in name:
-            p.data = backend.xp.asarray(rng.normal(0.0, 0.2, p.shape).astype(np.float32))
+            p.data = p.xp.asarray(rng.normal(0.0, 0.2, p.shape).astype(np.float32))
 
 
 @pytest.mark.parametrize("case", list(CASES))

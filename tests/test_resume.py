@@ -19,7 +19,7 @@ from minilora.pretrained import task_batches
 from minilora.train import TrainConfig, train
 
 V, BLOCK = 11, 8
-CPU_ONLY = pytest.mark.skipif(backend.device != "cpu", reason="bit-exact resume is promised on the CPU")
+CPU_ONLY = pytest.mark.skipif(backend.default_device() != "cpu", reason="bit-exact resume is promised on the CPU")
 
 
 def tiny(seed=0, dropout=0.0) -> GPT:
@@ -158,4 +158,4 @@ def test_evaluations_are_carried_over_a_resume(tmp_path):
     resumed = train(tiny(), pure_batches, config, eval_fn=eval_fn, progress=False, resume_from=tmp_path / "s")
     assert [s for s, _ in resumed.evals] == [2, 4, 6]
     assert [m["first_weight"] for _, m in resumed.evals] == pytest.approx(
-        [float(m["first_weight"]) for _, m in full.evals], abs=0 if backend.device == "cpu" else 1e-6)
+        [float(m["first_weight"]) for _, m in full.evals], abs=0 if backend.default_device() == "cpu" else 1e-6)

@@ -147,7 +147,7 @@ def test_an_infinite_weight_stops_training_at_step_0():
     w = model.transformer.h[0].mlp.fc.weight
     data = host(w)
     data[0, 0] = np.inf
-    w.data = backend.xp.asarray(data)
+    w.data = backend.to_device(data, w.device)
     with pytest.raises(FloatingPointError, match=r"loss became nan at step 0 .*smaller learning rate"):
         train(model, successor_batches(), TrainConfig(steps=3), progress=False)
 

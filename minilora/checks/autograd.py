@@ -159,14 +159,14 @@ def draw_graph(root: Tensor, names: dict[str, Tensor] | None = None, ax=None):
                         arrowprops={"arrowstyle": "->", "color": "0.45"})
     for node in nodes:
         x, y = where[id(node)]
-        name = label_of.get(id(node), node._op or "leaf")
+        name = label_of.get(id(node), node._op if node._parents else "leaf")   # a constant is a leaf too
         value = to_numpy(node.data)
         text = f"{name}\nvalue {value.item():g}" if value.size == 1 else f"{name}\nshape {value.shape}"
         leaf = not node._parents
         ax.text(x, y, text, ha="center", va="center", fontsize=9, family="monospace",
                 bbox={"boxstyle": "round,pad=0.4", "facecolor": "#e8f0fb" if leaf else "#fdf2e3",
                       "edgecolor": "C0" if leaf else "C1"})
-        if node._op:
+        if node._parents:
             ax.text(x, y + 0.42, f"made by {node._op}", ha="center", fontsize=7, color="C1")
     ax.set_xlim(min(columns) - 0.6, max(columns) + 0.6)
     ax.set_ylim(min(ys) - 0.5, max(ys) + 0.6)

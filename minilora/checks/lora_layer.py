@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 import minilora
-from minilora import backend, lora, nn
+from minilora import lora, nn
 from minilora.backend import to_numpy
 from minilora.checks.feedback import (
     ExerciseError,
@@ -76,7 +76,7 @@ def _reference_layer(W0, b, A, B, alpha):
     layer = model.proj
     for param, value in [(layer.base_layer.weight, W0), (layer.base_layer.bias, b),
                          (layer.lora_A["default"].weight, A), (layer.lora_B["default"].weight, B)]:
-        param.data = backend.xp.asarray(np.array(value, dtype=np.float64))   # float64, on the active device
+        param.data = param.xp.asarray(np.array(value, dtype=np.float64))     # float64, where param is
     return model, layer
 
 
