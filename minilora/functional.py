@@ -42,7 +42,9 @@ def _array(x, like: Tensor | None = None):
         return x.data
     if like is not None:
         return like.xp.asarray(x)
-    return x if hasattr(x, "dtype") else backend.to_device(np.asarray(x), backend.default_device())
+    if backend.device_of(x) == "cuda":                  # a GPU array stays where it is
+        return x
+    return backend.to_device(np.asarray(x), backend.default_device())
 
 
 def _tensor_like(x, like: Tensor) -> Tensor:
@@ -328,7 +330,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def embedding_reference(input, weight: Tensor) -> Tensor:
     """Row lookup as maths: one_hot(ids) @ W."""
-    return one_hot(input, weight.shape[0]).astype(weight.dtype) @ weight
+    return one_hot(_tensor_like(input, weight), weight.shape[0]).astype(weight.dtype) @ weight
 
 
 # fused: never builds the (N, num_embeddings) one-hot matrix: O(N D) work instead of O(N V D)
@@ -612,7 +614,7 @@ def cross_entropy_reference(logits: Tensor, target, label_smoothing: float = 0.0
     Logits (N, C), targets (N,) integers; no ignored rows, no class weights.
     """
     num_classes = logits.shape[-1]
-    q = one_hot(target, num_classes).astype(logits.dtype) * (1 - label_smoothing) + label_smoothing / num_classes
+    q = one_hot(_tensor_like(target, logits), num_classes).astype(logits.dtype) * (1 - label_smoothing) + label_smoothing / num_classes
     return -(q * log_softmax_reference(logits)).sum(-1).mean()
 
 

@@ -173,9 +173,9 @@ class ShapeMethods:
     # ------------------------------------------------------------- indexing
     def __getitem__(self, index):
         if isinstance(index, tuple):
-            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-        elif isinstance(index, Tensor):
-            index = index.data
+            index = tuple(_index_part(i, self) for i in index)
+        else:
+            index = _index_part(index, self)
         out_data = self.data[index]
         fancy = _has_array_index(index)
 
@@ -192,6 +192,19 @@ class ShapeMethods:
     def __setitem__(self, index, value):
         raise TypeError("minilora tensors are not changed in place (autograd would lose track); "
                         "build a new tensor, e.g. with where(mask, value, x) or masked_fill.")
+
+
+def _index_part(part, x: Tensor):
+    """One part of an index, ready for x's array: a Tensor's array; on a GPU, index
+    arrays and lists copied there too (the scatter-add of backward needs them there)."""
+    if isinstance(part, Tensor):
+        part = part.data
+    if x.device == "cpu" or not isinstance(part, (list, tuple, np.ndarray)) or backend.device_of(part) != "cpu":
+        return part
+    part = np.asarray(part)
+    if part.size == 0 and part.dtype.kind == "f":    # [] picks nothing: ints, not NumPy's float
+        part = part.astype(np.intp)
+    return x.xp.asarray(part)
 
 
 def _has_array_index(index) -> bool:

@@ -10,6 +10,17 @@ from hypothesis import HealthCheck, settings
 # tests/helpers.py is imported as `helpers` by the test modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
+# MINILORA_FAKE_GPU=1: run the suite on tests/fake_cupy.py's stand-in GPU, whose arrays
+# refuse to meet NumPy's as CuPy's do. A rehearsal, on any machine, of the GPU run
+# (MINILORA_DEVICE=cuda) for every host/device mix; not a substitute for it.
+if os.environ.get("MINILORA_FAKE_GPU") == "1":
+    import fake_cupy
+
+    fake_cupy.install()
+    from minilora import backend as _backend
+
+    _backend.set_device("cuda")   # in this process only: subprocesses (the CLI tests) run on the CPU
+
 try:
     import torch
 

@@ -17,6 +17,7 @@ subclass as a plain array, where CuPy would refuse). The real GPU suite
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import sys
 import types
 
@@ -34,6 +35,9 @@ class DeviceArray(np.ndarray):
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _on_device(result)
+
+    def __getitem__(self, index):          # x[0] of a vector: a 0-d device array, as in CuPy
+        return _on_device(super().__getitem__(index))
 
     def __array_function__(self, func, types, args, kwargs):
         name = func.__name__
@@ -151,6 +155,13 @@ def _make_cupyx():
     return {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
 
 
+def install() -> None:
+    """Make `import cupy` find the fake, before minilora is imported (MINILORA_FAKE_GPU=1)."""
+    cupy = _make_module()
+    cupy.__spec__ = importlib.machinery.ModuleSpec("cupy", None)   # found by find_spec
+    sys.modules.update({"cupy": cupy, **_make_cupyx()})
+
+
 @contextlib.contextmanager
 def fake_gpu():
     """Within: minilora's backend finds this fake CuPy; after: the real state is back."""
@@ -161,6 +172,7 @@ def fake_gpu():
     saved_cupy, saved_device = backend._cupy, backend.default_device()
     sys.modules.update({"cupy": _make_module(), **_make_cupyx()})
     backend._cupy = None                  # so set_device("cuda") imports the fake
+    backend.set_device("cpu")             # the tests start from the CPU default
     try:
         yield
     finally:

@@ -222,7 +222,7 @@ def test_a_damaged_optimizer_state_is_refused_whole(damage, message):
     # Before: each loaded, then failed (or quietly misbehaved) at the next step.
     p = ml.nn.Parameter(np.ones(3, dtype=np.float32))
     opt = AdamW([p], lr=0.1)
-    p.grad = np.ones(3, dtype=np.float32)
+    p.grad = p.xp.ones(3, dtype=np.float32)
     opt.step()
     arrays, info = opt.state_dict()
     damage(arrays, info)

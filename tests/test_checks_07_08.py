@@ -82,7 +82,7 @@ def test_adam_truth_matches_a_real_optimizer():
     for _, model in _hidden_models(np.random.default_rng(1)):
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in trainable:
-            p.grad = np.zeros(p.shape, dtype=p.data.dtype)
+            p.grad = p.xp.zeros(p.shape, dtype=p.data.dtype)
         opt = AdamW(trainable, lr=1e-3)
         opt.step()
         assert opt.state_bytes() == _truth(model)

@@ -29,6 +29,7 @@ import pytest
 from helpers import requires_torch, torch
 
 import minilora as ml
+from minilora import backend
 
 F = ml.functional
 nn = ml.nn
@@ -398,7 +399,7 @@ def test_layer_norm_module(shape, kwargs):
         value = data(*p.shape, seed=len(name))
         with torch.no_grad():
             p.copy_(torch.from_numpy(value))
-        getattr(ours, name).data = value.copy()
+        getattr(ours, name).data = backend.to_device(value.copy(), ours.weight.device)
     xm, xt = ml.Tensor(x, requires_grad=True), torch.from_numpy(x).requires_grad_()
     ym, yt = ours(xm), theirs(xt)
     _same(ym.numpy(), yt.detach().numpy(), "forward")
@@ -676,7 +677,7 @@ def test_train_eval_apply_requires_grad_zero_grad():
     y.sum().backward()
     assert ours.fc.weight.grad is not None
     ours.zero_grad(set_to_none=False)
-    np.testing.assert_array_equal(ours.fc.weight.grad, np.zeros((4, 3)))
+    np.testing.assert_array_equal(backend.to_numpy(ours.fc.weight.grad), np.zeros((4, 3)))
     ours.zero_grad()
     assert ours.fc.weight.grad is None                        # PyTorch's default: set_to_none=True
     with pytest.raises(ValueError):

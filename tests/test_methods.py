@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minilora import data
+from minilora import backend, data
 from minilora import functional as F
 from minilora.methods import (BottleneckAdapter, PromptTuning, WithAdapter, adapter_layer_params,
                               apply_adapter_layers)
@@ -21,7 +21,7 @@ def test_bottleneck_adapter_is_identity_at_init_and_has_the_right_maths():
     rng = np.random.default_rng(1)
     Wd, bd, Wu, bu = rng.standard_normal((2, 6)), rng.standard_normal(2), rng.standard_normal((6, 2)), rng.standard_normal(6)
     for p, v in ((ad.down.weight, Wd), (ad.down.bias, bd), (ad.up.weight, Wu), (ad.up.bias, bu)):
-        p.data = v
+        p.data = backend.to_device(v, p.device)
     x = rng.standard_normal((3, 6))
     z = x @ Wd.T + bd
     gelu = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
