@@ -86,7 +86,9 @@ print(f"after:  weight on {first.device}, held in a {type(first.data).__module__
 
 rng = np.random.default_rng(0)
 x_host, y_host = rng.integers(0, 64, (16, 64)), rng.integers(0, 64, (16, 64))
-x, y = ml.Tensor(xp.asarray(x_host)), ml.Tensor(xp.asarray(y_host))
+x = ml.tensor(x_host, device=model.device)      # a new tensor goes where you say (default: set_device's)
+y = ml.tensor(y_host, device=model.device)
+print(f"the batch's arrays come from {x.xp.__name__} (x.xp: the library holding x, which every op on x uses)")
 logits = model(x)
 loss = F.cross_entropy(logits.reshape(y.size, -1), y.reshape(-1))
 print(f"logits on {logits.device}, loss on {loss.device}; loss.item() = {loss.item():.3f} (one number copied back)")
