@@ -1,0 +1,129 @@
+"""minilora.parallel: big NumPy jobs split into row blocks, one thread each.
+
+The split must change nothing but speed: every row done exactly once, errors
+raised as without threads, products equal to a @ b up to float rounding, and
+the fused ops that use it still equal their reference forms (float64, 1e-10, as
+tests/test_functional.py) when the split really happens. The size thresholds
+are lowered here so that it does happen on these small inputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import rel_err
+from test_functional import COMPOSE_RTOL, assert_same_function
+
+from minilora import functional as F
+from minilora import parallel
+
+
+@pytest.fixture
+def split_always(monkeypatch):
+    """Two blocks for any job, however small; the thread count is restored afterwards."""
+    before = parallel.threads()
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(parallel, "MIN_FLOPS", 1)
+    if parallel.set_threads(2) != 2:
+        parallel.set_threads(before)
+        pytest.skip("NumPy's BLAS is not one threadpoolctl can pin to one thread")
+    yield
+    parallel.set_threads(before)
+
+
+def test_for_rows_covers_every_row_once_in_blocks(split_always):
+    seen = np.zeros(7, dtype=int)
+    calls = []
+
+    def fn(lo, hi):
+        calls.append((lo, hi))
+        seen[lo:hi] += 1
+
+    parallel.for_rows(fn, 7, 10**6)
+    assert seen.tolist() == [1] * 7
+    assert sorted(calls) == [(0, 3), (3, 7)]
+
+
+def test_for_rows_small_work_or_foreign_arrays_run_in_one_call(split_always, monkeypatch):
+    calls = []
+    parallel.for_rows(lambda lo, hi: calls.append((lo, hi)), 8, 10**6, like=[1, 2])   # not NumPy
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 100)
+    parallel.for_rows(lambda lo, hi: calls.append((lo, hi)), 8, 150)                  # < 100 per block
+    assert calls == [(0, 8), (0, 8)]
+
+
+@pytest.mark.parametrize("failing_block", [0, 1])
+def test_for_rows_raises_a_blocks_error_after_all_blocks_finish(split_always, failing_block):
+    done = []
+
+    def fn(lo, hi):
+        if (lo == 0) == (failing_block == 0):
+            raise ValueError(f"block at {lo}")
+        done.append(lo)
+
+    with pytest.raises(ValueError, match="block at"):
+        parallel.for_rows(fn, 10, 10**6)
+    assert len(done) == 1                    # the other block ran to its end
+
+
+@pytest.mark.parametrize("shapes", [((9, 5), (5, 4)), ((6, 3, 7, 5), (6, 3, 5, 2)), ((4, 5), (5, 1))])
+def test_matmul_equals_numpy(split_always, shapes):
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    out = parallel.matmul(a, b)
+    assert out.shape == (a @ b).shape and out.dtype == np.float32
+    assert rel_err(out.astype(np.float64), a.astype(np.float64) @ b.astype(np.float64)) < 1e-6
+    at = np.ascontiguousarray(a.swapaxes(-1, -2)).swapaxes(-1, -2)      # a transposed view (dW = g^T x)
+    assert rel_err(parallel.matmul(at, b).astype(np.float64), out.astype(np.float64)) < 1e-6
+
+
+def test_matmul_leaves_other_cases_to_numpy(split_always):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 4))
+    b = rng.standard_normal((2, 4, 5))                   # 2-D @ stack: broadcast, not split
+    assert np.array_equal(parallel.matmul(a, b), a @ b)
+    assert np.array_equal(parallel.matmul(a, b[0, :, 0]), a @ b[0, :, 0])     # a vector
+    ints = np.arange(12).reshape(3, 4)
+    assert np.array_equal(parallel.matmul(ints, ints.T), ints @ ints.T)
+    with pytest.raises(ValueError):
+        parallel.matmul(a, a)                            # (3, 4) @ (3, 4): NumPy's own error
+
+
+def test_set_threads_rejects_bad_counts_and_one_restores_blas():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="set_threads"):
+            parallel.set_threads(bad)
+    before = parallel.threads()
+    try:
+        assert parallel.set_threads(1) == 1
+        if parallel._blas is not None:
+            assert parallel._blas.num_threads == parallel._blas_threads
+    finally:
+        parallel.set_threads(before)
+
+
+def test_fused_ops_equal_their_references_when_split(split_always):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 5, 8))
+    assert_same_function(lambda t: F.gelu(t, approximate="tanh"),
+                         lambda t: F.gelu_reference(t, approximate="tanh"), x)
+    w, b = rng.standard_normal(8), rng.standard_normal(8)
+    assert_same_function(lambda t, w, b: F.layer_norm(t, (8,), w, b),
+                         F.layer_norm_reference, x, w, b)
+    assert_same_function(lambda t: F.layer_norm(t, (8,)), F.layer_norm_reference, x)
+    weight = rng.standard_normal((3, 8))
+    assert_same_function(F.linear, F.linear_reference, x, weight)
+    q, k, v = (rng.standard_normal((4, 2, 6, 3)) for _ in range(3))
+    assert_same_function(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                         lambda q, k, v: F.attention_reference(q, k, v, is_causal=True), q, k, v)
+
+
+def test_split_results_are_the_unsplit_ones(split_always):
+    """float32, as training runs: elementwise blocks are bit for bit the whole-array result."""
+    import minilora as ml
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 48)).astype(np.float32)
+    got = F.gelu(ml.Tensor(x), approximate="tanh").numpy()
+    parallel.set_threads(1)
+    want = F.gelu(ml.Tensor(x), approximate="tanh").numpy()
+    assert np.array_equal(got, want)
+    assert rel_err(got.astype(np.float64), want.astype(np.float64)) <= COMPOSE_RTOL
