@@ -318,9 +318,8 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"linear: bias has shape {bias.shape}, expected ({out_features},)")
     lead = x.shape[:-1]
     x2 = x.data.reshape(-1, in_features)                 # [N, in]
-    y2 = parallel.matmul(x2, weight.data.T)              # [N, in] @ [in, out] -> [N, out]
-    if bias is not None:
-        y2 += bias.data                                  # in place: y2 is a fresh array
+    b = None if bias is None else bias.data
+    y2 = parallel.matmul(x2, weight.data.T, add=b)       # [N, in] @ [in, out] + [out] -> [N, out]
     parents = (x, weight) if bias is None else (x, weight, bias)
 
     def _backward(out):
@@ -951,9 +950,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     qs = qd * scale                                     # scale q, not the (larger when T > D) scores
     s = parallel.matmul(qs, xp.swapaxes(kd, -1, -2))    # [..., L, E] @ [..., E, S] -> [..., L, S]
     mask_t = None
-    if is_causal:
-        s += _future_bias(L, S, s.dtype, xp)            # -inf above the diagonal: no peeking ahead
-    elif attn_mask is not None:
+    future = _future_bias(L, S, s.dtype, xp) if is_causal else None   # -inf above the diagonal
+    if attn_mask is not None:
         m = xp.asarray(_array(attn_mask))                # onto the scores' device
         if m.dtype.kind not in "bf":                     # a 0/1 integer mask would be added, not applied
             raise TypeError(f"scaled_dot_product_attention: attn_mask must be bool (True = attend) "
@@ -967,6 +965,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
 
     def softmax_rows(lo, hi):                           # s[lo:hi] -> P, in place, one block per core
         b = s[lo:hi]
+        if future is not None:
+            b += future                                 # no peeking ahead
         rmax = b.max(axis=-1, keepdims=True) if S else xp.zeros(b.shape[:-1] + (1,), b.dtype)   # S = 0: no keys
         rmax = xp.where(xp.isfinite(rmax), rmax, 0)     # a fully masked row: no NaN from -inf - -inf
         b -= rmax

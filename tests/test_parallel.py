@@ -127,3 +127,24 @@ def test_split_results_are_the_unsplit_ones(split_always):
     want = F.gelu(ml.Tensor(x), approximate="tanh").numpy()
     assert np.array_equal(got, want)
     assert rel_err(got.astype(np.float64), want.astype(np.float64)) <= COMPOSE_RTOL
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_matmul_adds_a_bias_to_every_row(split_always, monkeypatch, split):
+    if not split:
+        monkeypatch.setattr(parallel, "MIN_FLOPS", 10**9)
+    rng = np.random.default_rng(4)
+    a, b, bias = rng.standard_normal((7, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)
+    assert rel_err(parallel.matmul(a, b, add=bias), a @ b + bias) < 1e-12
+    stack = rng.standard_normal((2, 5, 3))                     # not split: still adds
+    assert rel_err(parallel.matmul(a, stack, add=bias), a @ stack + bias) < 1e-12
+
+
+def test_a_block_that_splits_again_runs_its_job_whole(split_always):
+    inner = []
+
+    def outer(lo, hi):
+        parallel.for_rows(lambda a, b: inner.append((lo, a, b)), 4, 10**6)
+
+    parallel.for_rows(outer, 6, 10**6)           # would deadlock if the inner jobs waited for a worker
+    assert sorted(inner) == [(0, 0, 4), (3, 0, 4)]
