@@ -954,7 +954,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     in_dtype = q.dtype
     qd, kd, vd = _upcast(q.data), _upcast(k.data), _upcast(v.data)
-    qs = qd * scale                                     # scale q, not the (larger when T > D) scores
+    # Heads usually arrive as strided views ([B, T, H, D] transposed); a stack of products
+    # with a transposed strided operand (K^T, V^T) runs about 1.5x slower than with a
+    # contiguous one, and the copy costs less than that.
+    kd, vd = xp.ascontiguousarray(kd), xp.ascontiguousarray(vd)
+    qs = xp.multiply(qd, scale, out=xp.empty(qd.shape, qd.dtype))   # scale q, not the (larger) scores
     s = parallel.matmul(qs, xp.swapaxes(kd, -1, -2))    # [..., L, E] @ [..., E, S] -> [..., L, S]
     mask_t = None
     future = _future_bias(L, S, s.dtype, xp) if is_causal else None   # -inf above the diagonal
