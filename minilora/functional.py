@@ -342,6 +342,66 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return op_result(y2.reshape(*lead, out_features), parents, _backward, "linear")
 
 
+def lora_linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                          scaling: float) -> Tensor:
+    """x W0^T + b + scaling (x A^T) B^T: the frozen Linear plus LoRA's low-rank update."""
+    return linear(x, weight, bias) + linear(linear(x, lora_A), lora_B) * scaling
+
+
+# fused: one full-size product forward and one backward instead of three thin ones plus an
+# (N, out) sum each way: a LoRA layer (N 1024, 256 -> 256, r 8) forward + backward 1.3-1.5x faster
+def lora_linear(input: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                scaling: float) -> Tensor:
+    """y = x W0^T + b + s (x A^T) B^T  =  x (W0 + s B A)^T + b,   W0 (out, in), A (r, in), B (out, r).
+
+    The right-hand form multiplies x once, by the merged weight W = W0 + s B A
+    (out * in * r multiply-adds to build, few next to the N * r * (in + out) of the
+    two thin products when N, the rows of x, is large). Backward needs only
+    thin products besides dx = g W:
+
+        dB = s g^T (x A^T)     dA = s (g B)^T x     dx = g (W0 + s B A)
+
+    W is rebuilt in backward rather than kept (out * in floats per layer).
+    A LoRA layer picks this form for many rows and no dropout (see LoRALinear.forward).
+    """
+    _require_tensor("lora_linear", input, weight, lora_A, lora_B)
+    out_features, in_features = weight.shape
+    r = lora_A.shape[0]
+    if lora_A.shape != (r, in_features) or lora_B.shape != (out_features, r):
+        raise ValueError(f"lora_linear: A {lora_A.shape} and B {lora_B.shape} do not fit W0 "
+                         f"{weight.shape}: expected A ({r}, {in_features}) and B ({out_features}, {r})")
+    if input.ndim == 0 or input.shape[-1] != in_features:
+        raise ValueError(f"lora_linear: input has shape {input.shape} but W0 {weight.shape} expects "
+                         f"{in_features} features in its last dimension")
+    x2 = input.data.reshape(-1, in_features)             # [N, in]
+
+    def merged():                                        # W0 + s B A, [out, in]
+        w = lora_B.data @ lora_A.data
+        w *= scaling
+        w += weight.data
+        return w
+
+    xa = parallel.matmul(x2, lora_A.data.T)              # x A^T, [N, r], kept for dB
+    y2 = parallel.matmul(x2, merged().T, add=None if bias is None else bias.data)   # [N, out]
+    parents = tuple(t for t in (input, weight, bias, lora_A, lora_B) if t is not None)
+
+    def _backward(out):
+        g2 = out.grad.reshape(-1, out_features)          # [N, out]
+        if input.requires_grad:                          # dx = g (W0 + s B A)
+            input._add_grad(parallel.matmul(g2, merged()).reshape(input.shape))
+        if weight.requires_grad:                         # dW0 = g^T x
+            weight._add_grad(parallel.matmul(g2.T, x2))
+        if bias is not None and bias.requires_grad:      # db = column sums of g
+            xp = backend.get_array_module(g2)
+            bias._add_grad(xp.ones(g2.shape[0], dtype=g2.dtype) @ g2)
+        if lora_B.requires_grad:                         # dB = s g^T (x A^T), [out, r]
+            lora_B._add_grad(scaling * parallel.matmul(g2.T, xa))
+        if lora_A.requires_grad:                         # dA = s (g B)^T x, [r, in]
+            lora_A._add_grad(scaling * parallel.matmul(parallel.matmul(g2, lora_B.data).T, x2))
+
+    return op_result(y2.reshape(*input.shape[:-1], out_features), parents, _backward, "lora_linear")
+
+
 def embedding_reference(input, weight: Tensor) -> Tensor:
     """Row lookup as maths: one_hot(ids) @ W."""
     return one_hot(input, weight.shape[0]).astype(weight.dtype) @ weight
