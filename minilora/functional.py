@@ -349,7 +349,8 @@ def lora_linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A
 
 
 # fused: one full-size product forward and one backward instead of three thin ones plus an
-# (N, out) sum each way: a LoRA layer (N 1024, 256 -> 256, r 8) forward + backward 1.3-1.5x faster
+# (N, out) sum each way: forward + backward 1.1-1.2x faster than lora_linear_reference at
+# (16, 64, 256) -> 256, r 8, float32
 def lora_linear(input: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
                 scaling: float) -> Tensor:
     """y = x W0^T + b + s (x A^T) B^T  =  x (W0 + s B A)^T + b,   W0 (out, in), A (r, in), B (out, r).
