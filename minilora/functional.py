@@ -878,7 +878,7 @@ def layer_norm_reference(x: Tensor, weight: Tensor | None = None, bias: Tensor |
     return y if bias is None else y + bias
 
 
-# fused: forward + backward 2-8x faster than layer_norm_reference at (32, 64, 128)
+# fused: forward + backward 1.9-8x faster than layer_norm_reference at (32, 64, 128)
 def layer_norm(input: Tensor, normalized_shape=None, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, over the trailing

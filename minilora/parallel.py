@@ -108,7 +108,7 @@ def set_threads(n: int | None = None) -> int:
     If NumPy's BLAS cannot be found (threadpoolctl missing, or a BLAS it does not
     know), it stays as it is and so does minilora: 1 block. Returns the count in use.
     """
-    global _threads, _workers, _blas, _blas_threads
+    global _threads, _blas, _blas_threads
     if n is None:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -120,15 +120,30 @@ def set_threads(n: int | None = None) -> int:
         else:
             _blas_threads = _blas.num_threads
     with _dispatch:                                  # no job is running while workers change
-        for worker in _workers:
+        for worker in _workers or ():
             worker.stop()
-        _workers = [_Worker() for _ in range(n - 1)]
+        _threads = n
+        _start_workers()
     if n > 1:
         _blas.set_num_threads(1)
     elif _blas is not None and _blas_threads is not None:
         _blas.set_num_threads(_blas_threads)
-    _threads = n
     return n
+
+
+def _start_workers() -> None:
+    global _workers
+    _workers = [_Worker() for _ in range(_threads - 1)]
+
+
+def _forget_workers_after_fork() -> None:
+    """In a child made by fork() only the forking thread exists: start new workers on first use."""
+    global _workers, _dispatch
+    _workers, _dispatch = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
 
 
 def threads() -> int:
@@ -143,6 +158,8 @@ def for_rows(fn, n_rows: int, work: int, like=None) -> None:
     the job reads, keeps CuPy arrays on one call (fn(0, n_rows)), since the GPU
     runs the whole job at once anyway. fn must only write rows lo..hi of its outputs.
     """
+    if _workers is None:                    # a forked child: its parent's threads are not here
+        _start_workers()
     blocks = min(_threads, n_rows)
     if (blocks < 2 or work < MIN_ELEMENTS * blocks or (like is not None and not isinstance(like, np.ndarray))
             or not _dispatch.acquire(blocking=False)):

@@ -8,6 +8,10 @@ are lowered here so that it does happen on these small inputs.
 """
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 from helpers import rel_err
@@ -148,3 +152,27 @@ def test_a_block_that_splits_again_runs_its_job_whole(split_always):
 
     parallel.for_rows(outer, 6, 10**6)           # would deadlock if the inner jobs waited for a worker
     assert sorted(inner) == [(0, 0, 4), (3, 0, 4)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_forked_child_starts_its_own_workers(split_always):
+    """After fork() the parent's worker threads do not exist in the child; splitting there
+    must not wait for them forever."""
+    pid = os.fork()
+    if pid == 0:                                  # the child: exit 0 only if the split job completes
+        try:
+            seen = np.zeros(8, dtype=int)
+            parallel.for_rows(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 8, 10**6)
+            os._exit(0 if seen.tolist() == [1] * 8 else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in for_rows")
