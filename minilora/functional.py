@@ -377,10 +377,7 @@ def lora_linear(input: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tens
     x2 = input.data.reshape(-1, in_features)             # [N, in]
 
     def merged():                                        # W0 + s B A, [out, in]
-        w = lora_B.data @ lora_A.data
-        w *= scaling
-        w += weight.data
-        return w
+        return weight.data + (lora_B.data * scaling) @ lora_A.data   # s scales the small (out, r) B
 
     xa = parallel.matmul(x2, lora_A.data.T)              # x A^T, [N, r], kept for dB
     y2 = parallel.matmul(x2, merged().T, add=None if bias is None else bias.data)   # [N, out]
