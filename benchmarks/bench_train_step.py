@@ -90,7 +90,8 @@ def main(argv=None) -> None:
     n_params = model.num_parameters()
     flops = 6 * n_params * args.batch * args.seq      # forward + backward, weights only
     peak = matmul_gflops(256 if args.quick else 1024) if args.device == "cpu" else None
-    print(f"device: {args.device}; torch threads {torch.get_num_threads()}; load average "
+    print(f"device: {args.device}; torch threads {torch.get_num_threads()}, minilora threads "
+          f"{ml.parallel.threads()}; load average "
           f"{os.getloadavg()[0]:.1f} (timings are only fair on an otherwise idle machine)")
     print(f"config: n_embd {args.n_embd}, {args.n_layer} layers, {args.n_head} heads, "
           f"batch {args.batch} x {args.seq}, vocab {args.vocab}, {n_params:,} parameters")

@@ -11,7 +11,7 @@ _shape, _creation.)
 """
 import numpy as np
 
-from minilora import backend, functional, nn, optim
+from minilora import backend, functional, nn, optim, parallel
 from minilora.backend import default_device, set_device, to_numpy
 from minilora.tensor import (
     Tensor,

@@ -110,7 +110,8 @@ class _UfuncOnDevice:
         self._ufunc = ufunc
 
     def __call__(self, *args, **kwargs):
-        return _on_device(self._ufunc(*_host_views(args, self._ufunc.__name__), **kwargs))
+        name = self._ufunc.__name__
+        return _on_device(self._ufunc(*_host_views(args, name), **_host_views(kwargs, name)))
 
     def at(self, target, indices, values):
         self._ufunc.at(_to_host_view(target, "add.at"), _host_views(indices, "add.at"),

@@ -85,6 +85,35 @@ def test_linear_gradients_and_composition(case, seed):
     assert out.shape == x_shape[:-1] + (w_shape[0],)
 
 
+@pytest.mark.parametrize("x_shape, out_f, r, bias", [((2, 3, 4), 5, 2, True), ((6, 4), 3, 1, False),
+                                                      ((4,), 4, 3, True)])
+def test_lora_linear_gradients_and_composition(x_shape, out_f, r, bias):
+    """x (W0 + s B A)^T + b equals the frozen Linear plus s (x A^T) B^T, gradients included."""
+    rng = np.random.default_rng(r)
+    in_f = x_shape[-1]
+    inputs = [values(rng, x_shape), values(rng, (out_f, in_f))] + ([values(rng, (out_f,))] if bias else []) \
+        + [values(rng, (r, in_f)), values(rng, (out_f, r))]
+
+    def fused(x, w, *rest):
+        b, (A, B) = (rest[0], rest[1:]) if bias else (None, rest)
+        return F.lora_linear(x, w, b, A, B, 1.5)
+
+    def reference(x, w, *rest):
+        b, (A, B) = (rest[0], rest[1:]) if bias else (None, rest)
+        return F.lora_linear_reference(x, w, b, A, B, 1.5)
+
+    check_grads(fused, *inputs)
+    assert_same_function(fused, reference, *inputs)
+
+
+def test_lora_linear_refuses_adapters_that_do_not_fit():
+    x, w = ml.Tensor(np.ones((2, 4))), ml.Tensor(np.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"A \(2, 5\) and B \(3, 2\) do not fit W0 \(3, 4\)"):
+        F.lora_linear(x, w, None, ml.Tensor(np.ones((2, 5))), ml.Tensor(np.ones((3, 2))), 1.0)
+    with pytest.raises(ValueError, match="expects 4 features"):
+        F.lora_linear(ml.Tensor(np.ones((2, 5))), w, None, ml.Tensor(np.ones((2, 4))), ml.Tensor(np.ones((3, 2))), 1.0)
+
+
 # ----------------------------------------------------------------------------
 # embedding
 

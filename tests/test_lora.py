@@ -150,6 +150,8 @@ def test_merged_forward_does_exactly_the_base_models_work(monkeypatch):
             module = table["default"]
             monkeypatch.setattr(module, "forward",
                                 lambda x, _f=module.forward: (calls.append(1), _f(x))[1])
+    # many rows: A's and B's work done in one product by functional.lora_linear
+    monkeypatch.setattr(F, "lora_linear", lambda *args, _f=F.lora_linear: (calls.extend([1, 1]), _f(*args))[1])
     logits(model)
     assert len(calls) == 2 * 6 * CFG.n_layer                  # the spy sees unmerged LoRA work
     ml.merge(model)
@@ -698,3 +700,45 @@ def test_each_lora_layer_declares_its_adapter_tables():
     for layer in lora_layers(model).values():
         for table in type(layer).adapter_layer_names + type(layer).other_adapter_tables:
             assert list(getattr(layer, table)) == ["default"]
+
+
+def test_lora_linear_layer_takes_the_merged_product_only_where_it_is_the_same_sum(monkeypatch):
+    """Many rows and no dropout: functional.lora_linear, equal to h + s B(A(x)) up to float32
+    rounding in values and gradients; few rows, or dropout while training: the plain sum."""
+    class Net(ml.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = ml.nn.Linear(16, 12)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    ml.manual_seed(0)
+    layer = ml.apply_lora(Net(), ml.LoraConfig(r=4, lora_alpha=6, target_modules=["proj"],
+                                                init_lora_weights=False)).proj
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    fused = []
+    monkeypatch.setattr(F, "lora_linear", lambda *args, _f=F.lora_linear: (fused.append(1), _f(*args))[1])
+    rng = np.random.default_rng(0)
+    for rows, expect_fused in ((64, True), (2, False)):     # 64 (16 + 12) > 16 * 12 > 2 (16 + 12)
+        x_data = rng.standard_normal((rows, 16)).astype(np.float32)
+        g = rng.standard_normal((rows, 12)).astype(np.float32)
+        results = []
+        for form in ("layer", "sum"):
+            for p in (A, B):
+                p.grad = None
+            x = ml.Tensor(x_data, requires_grad=True)
+            y = layer(x) if form == "layer" else layer.base_layer(x) + layer.lora_B["default"](
+                layer.lora_A["default"](x)) * layer.scaling["default"]
+            y.backward(g)
+            results.append([y.numpy(), x.grad, A.grad, B.grad])
+        assert fused == ([1] if expect_fused else [])
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)    # float32 rounding, |.| ~ 1-10
+        fused.clear()
+    layer.lora_dropout["default"].p = 0.1                          # dropout on A's input: the plain sum
+    layer(ml.Tensor(rng.standard_normal((64, 16)).astype(np.float32)))
+    assert fused == []
+    layer.eval()                                                   # evaluation: dropout is off again
+    layer(ml.Tensor(rng.standard_normal((64, 16)).astype(np.float32)))
+    assert fused == [1]
