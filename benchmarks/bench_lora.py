@@ -111,9 +111,7 @@ def bench_merged_forward(size, runs: int, block: int) -> None:
     for layer in ml.lora.lora_layers(merged).values():          # a trained-looking, non-zero B
         B = layer.lora_B["default"].weight
         B.data = B.data + 0.01
-    unmerged_out = merged(x).numpy()
-    ml.merge(merged)
-    err = np.abs(merged(x).numpy() - unmerged_out).max()
+    ml.merge(merged)                # that merging keeps the outputs is tested in tests/test_lora.py
     unmerged = ml.apply_lora(make_gpt(n_embd, n_layer, seq), lora_config())
 
     def fwd(m):
@@ -129,7 +127,6 @@ def bench_merged_forward(size, runs: int, block: int) -> None:
           f"merged {ms(t, 'merged')}, unmerged LoRA {ms(t, 'unmerged')}")
     print("    " + ratio_line("merged / base", t.ratio("merged", "base"), "1.00 +/- 0.05"))
     print("    " + ratio_line("unmerged / base", t.ratio("unmerged", "base")))
-    print(f"    merged vs unmerged outputs: max |diff| {err:.1e}")
 
 
 def peak_training_memory(use_lora: bool, size=SIZES["full"][1]) -> dict:
