@@ -31,7 +31,7 @@ LIBRARIES = ("minilora", "torch", "torch_sdpa")
 LABELS = {"minilora": "minilora (NumPy)", "torch": "PyTorch eager", "torch_sdpa": "PyTorch + SDPA"}
 COLORS = {"minilora": "tab:blue", "torch": "tab:orange", "torch_sdpa": "tab:green"}   # a ratio takes its denominator's
 FULL = dict(n_embd=[64, 128, 256, 512, 1024], seq=[64, 128, 256, 512], base_embd=128, base_seq=64,
-            n_layer=2, n_head=4, batch=8, vocab=64, runs=3, block=3)
+            n_layer=2, n_head=4, batch=8, vocab=64, runs=5, block=5)
 QUICK = dict(n_embd=[32, 64], seq=[16, 32], base_embd=32, base_seq=16,
              n_layer=1, n_head=4, batch=2, vocab=64, runs=1, block=1)
 
