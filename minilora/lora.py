@@ -282,19 +282,19 @@ class LoRALinear(LoraLayer):
         return self.scaling[name] * (self.lora_B[name].weight.data @ self.lora_A[name].weight.data)
 
     def forward(self, x: Tensor) -> Tensor:
+        """h = W0 x + b + scaling * B A x: the frozen layer plus the low-rank update."""
         name = self.adapter_in_use()
-        if name is not None and self._merged_product_pays(x, name):
-            # The same h as below, computed as x (W0 + scaling B A)^T + b in one product
-            # (functional.lora_linear): faster for many rows, when A sees x itself.
+        if name is None:
+            return self.base_layer(x)                            # merged (B A is in W0) or disabled
+        if self._merged_product_pays(x, name):
+            # The same h, as x (W0 + scaling B A)^T + b: one product instead of three
+            # (functional.lora_linear, which also shows the plain form and its gradients).
             return F.lora_linear(x, self.base_layer.weight, self.base_layer.bias,
                                  self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
-        h = self.base_layer(x)                                   # W0 x + b  (frozen)
-        if name is None:
-            return h                                             # merged: B A is already in W0
         A, B = self.lora_A[name], self.lora_B[name]
-        # + scaling * B A x. The scaling multiplies the small (..., r) activation A x
-        # rather than the (..., out) result: the same number, r/out of the work.
-        return h + B(A(self.lora_dropout[name](x)) * self.scaling[name])
+        # The scaling multiplies the small (..., r) activation A x rather than the
+        # (..., out) result: the same number, r/out of the work.
+        return self.base_layer(x) + B(A(self.lora_dropout[name](x)) * self.scaling[name])
 
     def _merged_product_pays(self, x: Tensor, name: str) -> bool:
         """Whether functional.lora_linear computes this forward faster: no dropout on A's
