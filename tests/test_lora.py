@@ -245,19 +245,22 @@ def test_only_a_and_b_train_with_peft_bias_modes(bias, extra):
     assert trainable == _lora_names() | extra
 
 
+class OneLinear(ml.nn.Module):
+    """The smallest model LoRA can target: one Linear, named proj."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.proj = ml.nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
 def test_frozen_means_free_in_a_linear():
     """One LoRA Linear, x trainable: freezing W0 and b removes exactly their two gradients."""
-    class Net(ml.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = ml.nn.Linear(8, 6)
-
-        def forward(self, x):
-            return self.proj(x)
-
     def grads_counted(unfreeze_base: bool) -> int:
         ml.manual_seed(0)
-        net = ml.apply_lora(Net(), ml.LoraConfig(r=2, target_modules=["proj"], init_lora_weights=False))
+        net = ml.apply_lora(OneLinear(8, 6), ml.LoraConfig(r=2, target_modules=["proj"], init_lora_weights=False))
         if unfreeze_base:
             net.proj.base_layer.weight.requires_grad = net.proj.base_layer.bias.requires_grad = True
         x = ml.Tensor(np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32),
@@ -705,16 +708,8 @@ def test_each_lora_layer_declares_its_adapter_tables():
 def test_lora_linear_layer_takes_the_merged_product_only_where_it_is_the_same_sum(monkeypatch):
     """Many rows and no dropout: functional.lora_linear, equal to h + s B(A(x)) up to float32
     rounding in values and gradients; few rows, or dropout while training: the plain sum."""
-    class Net(ml.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = ml.nn.Linear(16, 12)
-
-        def forward(self, x):
-            return self.proj(x)
-
     ml.manual_seed(0)
-    layer = ml.apply_lora(Net(), ml.LoraConfig(r=4, lora_alpha=6, target_modules=["proj"],
+    layer = ml.apply_lora(OneLinear(16, 12), ml.LoraConfig(r=4, lora_alpha=6, target_modules=["proj"],
                                                 init_lora_weights=False)).proj
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     fused = []
